@@ -1,0 +1,3 @@
+from dogbreeds.cli import main
+
+main()

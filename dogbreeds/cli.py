@@ -1,0 +1,212 @@
+"""The `dogbreeds` command: parses options and calls the library.
+
+TensorFlow is imported inside each command, so `dogbreeds --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dogbreeds.errors import DogbreedsError
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
+
+app = typer.Typer(
+    help="Kaggle Dog Breed Identification: `dogbreeds train`, then `dogbreeds submit`.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# TensorFlow's C++ side prints info lines before its log level is read; nothing else hides them.
+_IMPORT_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|I\d{4} \d\d:\d\d:\d\d)")
+
+
+def _import_tensorflow_quietly() -> None:
+    if "tensorflow" in sys.modules:
+        return
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode(errors="replace").splitlines():
+            if not _IMPORT_NOISE.match(line):
+                print(line, file=sys.stderr)
+
+
+@app.callback()
+def _before_any_command() -> None:
+    _import_tensorflow_quietly()
+
+
+class LoaderName(str, Enum):
+    tfdata = "tfdata"
+    legacy = "legacy"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    mixed_float16 = "mixed_float16"
+    mixed_bfloat16 = "mixed_bfloat16"
+
+
+DataOption = typer.Option(
+    None, "--data", help="Competition folder (labels.csv, train/, test/). Default: $DOGBREEDS_DATA, "
+    "/kaggle/input/dog-breed-identification, ./data."
+)
+RunOption = typer.Option(None, "--run", help="Run folder or name under runs/. Default: the newest run.")
+
+
+@app.command()
+def train(
+    data: Optional[Path] = DataOption,
+    backbone: str = typer.Option("inception_resnet_v2", help="Backbone name (see `dogbreeds backbones`)."),
+    weights: str = typer.Option("imagenet", help="imagenet, none, or the path of a .h5 weights file."),
+    image_size: int = typer.Option(331, help="Square input size in pixels."),
+    batch_size: int = typer.Option(32, help="Images per training step."),
+    epochs: int = typer.Option(5, help="Epochs with the backbone frozen (head only)."),
+    fine_tune_epochs: int = typer.Option(5, help="Epochs fine-tuning the backbone after that."),
+    fine_tune_layers: Optional[int] = typer.Option(None, help="Unfreeze only the top N backbone layers. Default: all."),
+    learning_rate: float = typer.Option(1e-3, help="Adam learning rate of the frozen phase."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Learning rate of fine-tuning. Default: a tenth of --learning-rate."),
+    dropout: float = typer.Option(0.5, help="Dropout before the classifier."),
+    hidden_units: int = typer.Option(0, help="Width of an extra hidden Dense layer in the head (0: none)."),
+    val_split: float = typer.Option(0.2, help="Share of labelled images held out, stratified by breed."),
+    seed: int = typer.Option(42, help="Seed of the split, the shuffling and the augmentation."),
+    limit: Optional[int] = typer.Option(None, help="Use a stratified subset of N labelled images (quick trial)."),
+    loader: LoaderName = typer.Option(LoaderName.tfdata, help="tfdata (fast) or legacy (ImageDataGenerator)."),
+    precision: Precision = typer.Option(Precision.auto, help="auto: mixed_float16 on a GPU, float32 on a CPU."),
+    flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal mirror."),
+    rotation: float = typer.Option(15.0, help="Random rotation range, degrees."),
+    shift: float = typer.Option(0.1, help="Random shift range, fraction of the size."),
+    zoom: float = typer.Option(0.15, help="Random zoom range: scale in [1-zoom, 1+zoom]."),
+    patience: int = typer.Option(3, help="Epochs without validation improvement before stopping a phase."),
+    run_dir: Optional[Path] = typer.Option(None, help="Where the run goes. Default: runs/<backbone>-<timestamp>."),
+):
+    """Fine-tune a pretrained backbone on labels.csv + train/ and save the run."""
+    from dogbreeds.config import Augmentation, TrainConfig
+    from dogbreeds.training import train as train_run
+
+    config = TrainConfig(
+        data=str(data) if data else None, backbone=backbone, weights=weights, image_size=image_size,
+        batch_size=batch_size, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
+        fine_tune_layers=fine_tune_layers, learning_rate=learning_rate,
+        fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout, hidden_units=hidden_units,
+        val_split=val_split, seed=seed, limit=limit, loader=loader.value, precision=precision.value,
+        patience=patience, augmentation=Augmentation(flip=flip, rotation=rotation, shift=shift, zoom=zoom),
+    )
+    result = train_run(config, run_dir=str(run_dir) if run_dir else None)
+    m = result.metrics
+    typer.echo(
+        f"run {result.run.path}: validation log loss {m['val_log_loss']:.4f} "
+        f"(uniform guess {m['uniform_log_loss']:.4f}), accuracy {m['val_accuracy']:.2%}, "
+        f"best epoch {m['best_epoch']} of {m['epochs']}"
+    )
+
+
+@app.command()
+def submit(
+    run: Optional[str] = RunOption,
+    data: Optional[Path] = typer.Option(None, "--data", help="Competition folder. Default: the run's."),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write. Default: submissions/<run name>.csv."),
+    tta: bool = typer.Option(True, "--tta/--no-tta", help="Average each image with its mirror."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    batch_size: Optional[int] = typer.Option(None, help="Images per prediction step. Default: the run's."),
+):
+    """Predict every test image and write a submission CSV in the sample_submission format."""
+    from dogbreeds.submission import submit as write_submission
+
+    result = write_submission(run, data, out, tta=tta, force=force, batch_size=batch_size)
+    top = ", ".join(f"{breed} ({n})" for breed, n in result.top_breeds)
+    typer.echo(
+        f"wrote {result.path}: {result.rows} rows, mean top probability {result.mean_max_probability:.3f}; "
+        f"most predicted: {top}"
+    )
+
+
+@app.command()
+def score(
+    submission_csv: Path = typer.Argument(..., help="A submission CSV."),
+    solution: Path = typer.Option(..., "--solution", help="Answer key CSV with id,breed."),
+):
+    """Score a submission against a local answer key, as Kaggle would (log loss)."""
+    from dogbreeds.submission import score as score_submission
+
+    for path in (submission_csv, solution):
+        if not path.is_file():
+            raise DogbreedsError(f"{path} not found")
+    result = score_submission(submission_csv, solution)
+    typer.echo(f"log loss {result['log_loss']:.4f}, accuracy {result['accuracy']:.2%}")
+
+
+@app.command()
+def backbones():
+    """List the registered backbones with their native input size."""
+    from dogbreeds.models import BACKBONES
+
+    for spec in BACKBONES.values():
+        typer.echo(f"{spec.name:22s} native size {spec.native_size}")
+
+
+@app.command()
+def demo(
+    folder: Path = typer.Option(Path("demo"), "--dir", help="Where the generated competition and run go."),
+    backbone: str = typer.Option("tiny_cnn", help="Backbone to train from scratch (no download)."),
+    image_size: int = typer.Option(64, help="Image size."),
+    epochs: int = typer.Option(2, help="Frozen-phase epochs."),
+    fine_tune_epochs: int = typer.Option(8, help="Fine-tuning epochs."),
+):
+    """Build a small generated competition, then train and submit on it, offline, in minutes."""
+    from dogbreeds.config import TrainConfig
+    from dogbreeds.demo import make_competition
+    from dogbreeds.submission import score as score_submission
+    from dogbreeds.submission import submit as write_submission
+    from dogbreeds.training import train as train_run
+
+    data = make_competition(folder / "data")
+    typer.echo(f"1/3 generated a competition in {data} (labels.csv, train/, test/, sample_submission.csv)")
+    config = TrainConfig(
+        data=str(data), backbone=backbone, weights="none", image_size=image_size, batch_size=16,
+        epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=3e-3, fine_tune_learning_rate=2e-3,
+    )
+    result = train_run(config, run_dir=str(folder / "run"))
+    m = result.metrics
+    typer.echo(f"2/3 trained {result.run.path}: validation log loss {m['val_log_loss']:.4f}, accuracy {m['val_accuracy']:.2%}")
+    written = write_submission(result.run.path, data, folder / "submission.csv", force=True)
+    scored = score_submission(written.path, data / "solution.csv")
+    typer.echo(
+        f"3/3 wrote {written.path}: test log loss {scored['log_loss']:.4f} (uniform guess "
+        f"{m['uniform_log_loss']:.4f}), accuracy {scored['accuracy']:.2%}"
+    )
+    typer.echo(f"next: put the Kaggle files in ./data and run `dogbreeds train`, then `dogbreeds submit`")
+
+
+def main() -> None:
+    """Entry point: a DogbreedsError becomes one line on stderr and exit status 2."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except DogbreedsError as error:
+        if debug:
+            raise
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,159 @@
+"""The Kaggle layout: where the files are, the classes, the test ids and the split.
+
+    DIR/labels.csv               id,breed    (image: DIR/train/<id>.jpg)
+    DIR/test/<id>.jpg
+    DIR/sample_submission.csv    id,<breed 1>,...,<breed 120>
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dogbreeds.errors import DogbreedsError
+
+KAGGLE_INPUT = Path("/kaggle/input/dog-breed-identification")
+KAGGLE_HINT = (
+    "download it with `kaggle competitions download -c dog-breed-identification` "
+    "and unzip it there, or pass --data DIR"
+)
+IMAGE_SUFFIX = ".jpg"
+
+
+def locate_data(data: str | Path | None = None) -> Path:
+    """--data, else $DOGBREEDS_DATA, else the Kaggle kernel's input folder, else ./data."""
+    if data is not None:
+        return Path(data)
+    if os.environ.get("DOGBREEDS_DATA"):
+        return Path(os.environ["DOGBREEDS_DATA"])
+    if KAGGLE_INPUT.is_dir():
+        return KAGGLE_INPUT
+    return Path("data")
+
+
+@dataclass(frozen=True)
+class Competition:
+    """One competition folder, read and checked once."""
+
+    root: Path
+    classes: list[str]
+    labels: pd.DataFrame  # columns: id, breed, label (index into classes), path
+    test_ids: list[str]
+    sample_submission: Path | None
+
+    @classmethod
+    def load(cls, data: str | Path | None = None, *, need_test: bool = False) -> "Competition":
+        root = locate_data(data)
+        if not root.is_dir():
+            raise DogbreedsError(f"data folder {root} does not exist: {KAGGLE_HINT}")
+        labels = read_labels(root / "labels.csv")
+        sample = root / "sample_submission.csv"
+        if sample.is_file():
+            classes, test_ids = read_sample_submission(sample)
+        else:
+            classes = sorted(labels["breed"].unique())
+            test_ids = list_test_ids(root / "test") if need_test else []
+        unknown = sorted(set(labels["breed"]) - set(classes))
+        if unknown:
+            raise DogbreedsError(
+                f"{root / 'labels.csv'}: {len(unknown)} breeds are not columns of sample_submission.csv "
+                f"(first: {', '.join(unknown[:3])}); use the files of one competition"
+            )
+        index = {breed: i for i, breed in enumerate(classes)}
+        labels = labels.assign(
+            label=labels["breed"].map(index).astype("int64"),
+            path=[str(root / "train" / f"{i}{IMAGE_SUFFIX}") for i in labels["id"]],
+        )
+        if need_test and not test_ids:
+            raise DogbreedsError(f"no test images found in {root / 'test'}: {KAGGLE_HINT}")
+        return cls(root, list(classes), labels, list(test_ids), sample if sample.is_file() else None)
+
+    def test_paths(self) -> list[str]:
+        return [str(self.root / "test" / f"{i}{IMAGE_SUFFIX}") for i in self.test_ids]
+
+    def missing_images(self, paths: list[str]) -> list[str]:
+        return [p for p in paths if not os.path.isfile(p)]
+
+
+def _check_id(value: str, where: Path) -> str:
+    if not value or "/" in value or "\\" in value or value in (".", ".."):
+        raise DogbreedsError(f"{where}: id {value!r} is not a plain file name; fix that row")
+    return value
+
+
+def read_labels(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DogbreedsError(f"{path} not found: {KAGGLE_HINT}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise DogbreedsError(f"{path} is not a readable CSV ({error}); it should be id,breed") from None
+    missing = {"id", "breed"} - set(frame.columns)
+    if missing:
+        raise DogbreedsError(f"{path}: missing column(s) {', '.join(sorted(missing))}; the header must be id,breed")
+    if frame.empty:
+        raise DogbreedsError(f"{path} has no rows; it should list one id,breed per training image")
+    duplicated = frame["id"][frame["id"].duplicated()]
+    if len(duplicated):
+        raise DogbreedsError(
+            f"{path}: {len(duplicated)} duplicate ids (first: {duplicated.iloc[0]}); keep one row per image"
+        )
+    for value in frame["id"]:
+        _check_id(value, path)
+    return frame[["id", "breed"]].reset_index(drop=True)
+
+
+def read_sample_submission(path: Path) -> tuple[list[str], list[str]]:
+    """Class order = its breed columns as they stand; test rows = its ids in order."""
+    try:
+        header = pd.read_csv(path, nrows=0).columns
+        ids = pd.read_csv(path, usecols=[0], dtype=str, keep_default_na=False).iloc[:, 0].tolist()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise DogbreedsError(f"{path} is not a readable CSV ({error}); it should be id,<breed>,...") from None
+    if len(header) < 3 or header[0] != "id":
+        raise DogbreedsError(f"{path}: the header must be id followed by at least two breed columns")
+    for value in ids:
+        _check_id(value, path)
+    return list(header[1:]), ids
+
+
+def list_test_ids(folder: Path) -> list[str]:
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == IMAGE_SUFFIX)
+
+
+def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Indices ordered so that every prefix is (near) stratified by label.
+
+    Each image gets the position (rank + 0.5) / class size within a seeded shuffle of its
+    class; sorting by that position interleaves the classes in proportion. Any prefix then
+    works as a stratified sample, for any size and even for classes of one image.
+    """
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(len(labels))
+    position = np.empty(len(labels))
+    for label in np.unique(labels):
+        members = shuffled[labels[shuffled] == label]
+        position[members] = (np.arange(len(members)) + 0.5) / len(members)
+    tiebreak = rng.random(len(labels))
+    return np.lexsort((tiebreak, position))
+
+
+def split(
+    labels: pd.DataFrame, *, val_split: float, seed: int, limit: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified hold-out, the same for the same seed; --limit first takes a stratified subset."""
+    if limit is not None and limit < len(labels):
+        labels = labels.iloc[np.sort(stratified_order(labels["label"].to_numpy(), seed)[:limit])]
+    order = stratified_order(labels["label"].to_numpy(), seed + 1)
+    n_val = max(1, round(val_split * len(labels)))
+    if n_val >= len(labels):
+        raise DogbreedsError(f"only {len(labels)} labelled images: too few to hold out a validation split")
+    val = np.sort(order[:n_val])
+    train = np.sort(order[n_val:])
+    return labels.iloc[train].reset_index(drop=True), labels.iloc[val].reset_index(drop=True)

@@ -1,0 +1,107 @@
+"""The typed configuration of a training run, saved as JSON in the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dogbreeds import __version__
+from dogbreeds.errors import DogbreedsError
+
+
+@dataclass
+class Augmentation:
+    """Training-time augmentation; the ranges mean what ImageDataGenerator's do."""
+
+    flip: bool = True  # random horizontal mirror
+    rotation: float = 15.0  # degrees, uniform in [-rotation, rotation]
+    shift: float = 0.1  # fraction of width/height, uniform in [-shift, shift]
+    zoom: float = 0.15  # scale uniform in [1 - zoom, 1 + zoom]; > 1 crops in
+
+    @classmethod
+    def none(cls) -> "Augmentation":
+        return cls(flip=False, rotation=0.0, shift=0.0, zoom=0.0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or bool(self.rotation or self.shift or self.zoom)
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to repeat a run; defaults are the competition settings."""
+
+    data: str | None = None
+    backbone: str = "inception_resnet_v2"
+    weights: str = "imagenet"
+    image_size: int = 331
+    batch_size: int = 32
+    epochs: int = 5
+    fine_tune_epochs: int = 5
+    fine_tune_layers: int | None = None  # None: the whole backbone
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float | None = None  # None: learning_rate / 10
+    dropout: float = 0.5
+    hidden_units: int = 0  # 0: no hidden Dense layer in the head
+    val_split: float = 0.2
+    seed: int = 42
+    limit: int | None = None
+    loader: str = "tfdata"
+    precision: str = "auto"
+    patience: int = 3
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    version: str = __version__
+
+    def __post_init__(self) -> None:
+        if isinstance(self.augmentation, dict):
+            self.augmentation = Augmentation(**self.augmentation)
+        self.validate()
+
+    def validate(self) -> None:
+        checks = [
+            (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
+            (self.fine_tune_epochs >= 0, f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}"),
+            (self.epochs + self.fine_tune_epochs >= 1, "--epochs plus --fine-tune-epochs must be at least 1"),
+            (self.fine_tune_layers is None or self.fine_tune_layers >= 0,
+             f"--fine-tune-layers must be 0 or more, got {self.fine_tune_layers}"),
+            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (0 < self.val_split < 0.5, f"--val-split must be between 0 and 0.5, got {self.val_split}"),
+            (self.limit is None or self.limit >= 2, f"--limit must be at least 2, got {self.limit}"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (0 <= self.augmentation.shift < 1 and 0 <= self.augmentation.zoom < 1,
+             "--shift and --zoom must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DogbreedsError(message)
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights.lower() != "none"
+
+    @property
+    def fine_tune_lr(self) -> float:
+        return self.fine_tune_learning_rate or self.learning_rate / 10
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, source: Path | str = "config.json") -> "TrainConfig":
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise DogbreedsError(
+                f"{source}: unknown settings {', '.join(unknown)} (made by a newer dogbreeds?); "
+                "upgrade dogbreeds or train a new run"
+            )
+        return cls(**raw)
+
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")

@@ -1,0 +1,149 @@
+"""Backbones by name, the classification head, and weights from ImageNet, a file, or none."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers
+
+from dogbreeds.errors import DogbreedsError
+
+apps = keras.applications
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A pretrained feature extractor and the preprocessing its weights expect."""
+
+    name: str
+    build: Callable[..., keras.Model]  # keras.applications-style: include_top, weights, input_shape
+    preprocess: Callable  # float32 RGB in [0, 255] -> what the network was trained on
+    native_size: int
+    min_size: int = 32
+
+
+BACKBONES: dict[str, Backbone] = {}
+
+
+def register(backbone: Backbone) -> Backbone:
+    BACKBONES[backbone.name] = backbone
+    return backbone
+
+
+for _name, _build, _module, _size, _min in [
+    ("inception_resnet_v2", apps.InceptionResNetV2, apps.inception_resnet_v2, 299, 75),
+    ("xception", apps.Xception, apps.xception, 299, 71),
+    ("inception_v3", apps.InceptionV3, apps.inception_v3, 299, 75),
+    ("resnet50", apps.ResNet50, apps.resnet50, 224, 32),
+    ("mobilenet_v2", apps.MobileNetV2, apps.mobilenet_v2, 224, 32),
+    ("efficientnet_b0", apps.EfficientNetB0, apps.efficientnet, 224, 32),
+    ("efficientnet_b1", apps.EfficientNetB1, apps.efficientnet, 240, 32),
+    ("efficientnet_b2", apps.EfficientNetB2, apps.efficientnet, 260, 32),
+    ("efficientnet_b3", apps.EfficientNetB3, apps.efficientnet, 300, 32),
+    ("efficientnet_v2_s", apps.EfficientNetV2S, apps.efficientnet_v2, 384, 32),
+    ("convnext_tiny", apps.ConvNeXtTiny, apps.convnext, 224, 32),
+]:
+    register(Backbone(_name, _build, _module.preprocess_input, _size, _min))
+
+
+def _tiny_cnn(include_top=False, weights=None, input_shape=None) -> keras.Model:
+    """A four-layer network for tests and the offline demo: no pretrained weights exist."""
+    if weights == "imagenet":
+        raise DogbreedsError("tiny_cnn has no ImageNet weights; pass --weights none or a file")
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for filters in (16, 32, 64, 64):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)  # statistics settle within a short demo
+        x = layers.ReLU()(x)
+    model = keras.Model(inputs, x, name="tiny_cnn")
+    if weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+register(Backbone("tiny_cnn", _tiny_cnn, apps.mobilenet_v2.preprocess_input, 64))
+
+
+def get_backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise DogbreedsError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _weights_argument(weights: str) -> str | None:
+    if weights == "imagenet":
+        return "imagenet"
+    if weights.lower() == "none":
+        return None
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise DogbreedsError(
+            f"--weights {weights}: no such file; pass imagenet, none, or the path of a .h5 weights file"
+        )
+    if not path.name.endswith(".h5"):
+        raise DogbreedsError(f"--weights {weights}: expected a Keras .h5 or .weights.h5 file")
+    return str(path)
+
+
+def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
+    """The backbone without its top, its weights loaded; errors name the fix."""
+    spec = get_backbone(name)
+    if image_size < spec.min_size:
+        raise DogbreedsError(f"{name} needs --image-size of at least {spec.min_size}, got {image_size}")
+    source = _weights_argument(weights)
+    try:
+        return spec.build(include_top=False, weights=source, input_shape=(image_size, image_size, 3))
+    except DogbreedsError:
+        raise
+    except Exception as error:  # Keras raises bare Exception/ValueError for both cases below
+        if source == "imagenet":
+            raise DogbreedsError(
+                f"could not download the ImageNet weights of {name} ({type(error).__name__}: {error}); "
+                "offline (a Kaggle kernel with internet off), attach a dataset holding the weights file "
+                "and pass --weights /kaggle/input/<dataset>/<file>.h5"
+            ) from None
+        raise DogbreedsError(
+            f"--weights {weights} does not fit {name} ({type(error).__name__}: {str(error)[:200]}); "
+            "pass the weights file of this backbone without its top (include_top=False)"
+        ) from None
+
+
+def build_classifier(
+    backbone: keras.Model,
+    n_classes: int,
+    *,
+    dropout: float = 0.5,
+    hidden_units: int = 0,
+    pretrained: bool = True,
+) -> keras.Model:
+    """Backbone, then GlobalAveragePooling2D, BatchNormalization, Dropout, [Dense], Dense softmax.
+
+    A pretrained backbone is called with training=False so that its BatchNormalization layers
+    stay in inference mode even while fine-tuning: their ImageNet statistics survive small
+    batches. A backbone trained from scratch has no statistics to keep, so its layers learn them.
+    The softmax is float32 so that mixed precision never rounds probabilities.
+    """
+    inputs = keras.Input(backbone.input_shape[1:], name="image")
+    x = backbone(inputs, training=False if pretrained else None)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.BatchNormalization(name="head_norm")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    if hidden_units:
+        x = layers.Dense(hidden_units, activation="relu", name="head_hidden")(x)
+        x = layers.Dropout(dropout, name="hidden_dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="breed")(x)
+    return keras.Model(inputs, outputs, name=f"{backbone.name}_classifier")
+
+
+def set_trainable(backbone: keras.Model, top_layers: int | None, *, pretrained: bool = True) -> int:
+    """Unfreeze the top `top_layers` layers (None: all); pretrained BatchNormalization stays frozen."""
+    backbone.trainable = True
+    cut = 0 if top_layers is None else max(0, len(backbone.layers) - top_layers)
+    for i, layer in enumerate(backbone.layers):
+        frozen_norm = pretrained and isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= cut and not frozen_norm
+    return sum(layer.trainable for layer in backbone.layers)

@@ -1,0 +1,111 @@
+"""A run is a folder: config, classes, model, epoch log, plot and metrics.
+
+Everything a later command needs (submit, evaluate, predict) is read from here, so a run
+can be copied to another machine, or out of a Kaggle kernel, and used as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from dogbreeds.config import TrainConfig
+from dogbreeds.errors import DogbreedsError
+
+RUNS_DIR = Path("runs")
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh name beside `path` for writers that need a file name (Keras, matplotlib)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    config_file = "config.json"
+    classes_file = "classes.json"
+    model_file = "model.keras"
+    log_file = "history.csv"
+    plot_file = "history.png"
+    metrics_file = "metrics.json"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def create(cls, config: TrainConfig, classes: list[str], run_dir: str | Path | None = None) -> "Run":
+        if run_dir is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = RUNS_DIR / f"{config.backbone}-{stamp}"
+        run = cls(Path(run_dir))
+        if run.file(cls.model_file).exists():
+            raise DogbreedsError(f"{run.path} already holds a trained model; choose another --run-dir")
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_atomic(run.file(cls.config_file), config.to_json())
+        write_atomic(run.file(cls.classes_file), json.dumps(classes, indent=1))
+        return run
+
+    @classmethod
+    def open(cls, run: str | Path | None = None) -> "Run":
+        """A run by folder, by name under runs/, or (None) the newest run with a model."""
+        if run is None:
+            return cls.latest()
+        path = Path(run)
+        if not path.is_dir() and (RUNS_DIR / run).is_dir():
+            path = RUNS_DIR / run
+        if not path.is_dir():
+            raise DogbreedsError(f"run {run} not found: pass a run folder or a name under {RUNS_DIR}/")
+        opened = cls(path)
+        for needed in (cls.config_file, cls.classes_file, cls.model_file):
+            if not opened.file(needed).is_file():
+                raise DogbreedsError(
+                    f"run {path} has no {needed}: its training did not finish; train again or pick another run"
+                )
+        return opened
+
+    @classmethod
+    def latest(cls) -> "Run":
+        candidates = sorted(
+            (p for p in RUNS_DIR.glob("*") if (p / cls.model_file).is_file()),
+            key=lambda p: (p / cls.model_file).stat().st_mtime,
+        )
+        if not candidates:
+            raise DogbreedsError(f"no trained run in {RUNS_DIR}/: run `dogbreeds train` first, or pass --run")
+        return cls(candidates[-1])
+
+    def config(self) -> TrainConfig:
+        return TrainConfig.from_json(self.file(self.config_file).read_text(), self.file(self.config_file))
+
+    def classes(self) -> list[str]:
+        return json.loads(self.file(self.classes_file).read_text())
+
+    def save_metrics(self, metrics: dict) -> None:
+        write_atomic(self.file(self.metrics_file), json.dumps(metrics, indent=2))
+
+    def metrics(self) -> dict:
+        path = self.file(self.metrics_file)
+        return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,145 @@
+"""`dogbreeds submit`: predict every test image and write a checked Kaggle CSV.
+
+Kaggle scores multi-class log loss, so each row must be a probability distribution over
+the sample_submission columns, in its row order. Probabilities are clipped away from 0 and
+1 (one confident mistake at p=0 would cost infinity) and renormalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from dogbreeds.competition import Competition
+from dogbreeds.errors import DogbreedsError
+from dogbreeds.pipeline import Loader
+from dogbreeds.runs import Run, write_atomic
+from dogbreeds.training import evaluate_probabilities, make_loader
+
+EPSILON = 1e-6
+SUBMISSIONS_DIR = Path("submissions")
+
+
+class ProgressBar(keras.callbacks.Callback):
+    """A tqdm bar over prediction batches, in images."""
+
+    def __init__(self, total: int, batch_size: int, desc: str):
+        super().__init__()
+        self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
+        self.batch_size = batch_size
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.bar.update(min(self.batch_size, self.bar.total - self.bar.n))
+
+    def on_predict_end(self, logs=None):
+        self.bar.close()
+
+
+def with_flip_tta(model: keras.Model) -> keras.Model:
+    """The model averaged over each image and its mirror, in one compiled graph."""
+    inputs = keras.Input(model.input_shape[1:])
+    mirrored = keras.ops.flip(inputs, axis=2)
+    outputs = (model(inputs) + model(mirrored)) / 2.0
+    return keras.Model(inputs, outputs)
+
+
+def predict(model: keras.Model, loader: Loader, paths: list[str], *, tta: bool = True, desc: str = "predict") -> np.ndarray:
+    if tta:
+        model = with_flip_tta(model)
+    progress = ProgressBar(len(paths), loader.batch_size, desc)
+    return np.asarray(model.predict(loader.prediction(paths), verbose=0, callbacks=[progress]), dtype=np.float64)
+
+
+def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
+    p = np.clip(probabilities, epsilon, 1.0 - epsilon)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
+    """Everything Kaggle would reject or punish, checked before the file exists."""
+    if list(frame.columns) != ["id", *classes]:
+        raise DogbreedsError("submission header differs from sample_submission.csv; this is a bug, please report it")
+    if frame["id"].tolist() != list(ids):
+        raise DogbreedsError("submission rows differ from the test ids; this is a bug, please report it")
+    values = frame[classes].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        bad = frame["id"][~np.isfinite(values).all(axis=1)].iloc[0]
+        raise DogbreedsError(f"the model predicted a non-finite probability for test id {bad}; retrain in float32")
+    if (values <= 0).any() or (values >= 1).any() or not np.allclose(values.sum(axis=1), 1.0, atol=1e-4):
+        raise DogbreedsError("submission rows are not probability distributions; this is a bug, please report it")
+
+
+@dataclass
+class SubmitResult:
+    path: Path
+    rows: int
+    mean_max_probability: float
+    top_breeds: list[tuple[str, int]]
+
+
+def submit(
+    run: str | Path | None = None,
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    tta: bool = True,
+    force: bool = False,
+    batch_size: int | None = None,
+) -> SubmitResult:
+    opened = Run.open(run)
+    config = opened.config()
+    competition = Competition.load(data if data is not None else config.data, need_test=True)
+    classes = opened.classes()
+    if classes != competition.classes:
+        raise DogbreedsError(
+            f"run {opened.path} was trained on {len(classes)} classes that differ from the "
+            f"{len(competition.classes)} of {competition.root}; submit with the data it was trained on"
+        )
+    out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{opened.name}.csv"
+    if out.exists() and not force:
+        raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
+    paths = competition.test_paths()
+    missing = competition.missing_images(paths)
+    if missing:
+        raise DogbreedsError(
+            f"{len(missing)} test images are missing from {competition.root / 'test'} "
+            f"(first: {', '.join(missing[:3])}); every test id needs its image"
+        )
+    if batch_size:
+        config.batch_size = batch_size
+    model = keras.models.load_model(opened.file(Run.model_file), safe_mode=True)
+    probabilities = clip(predict(model, make_loader(config), paths, tta=tta, desc="test images"))
+
+    frame = pd.DataFrame(probabilities, columns=classes)
+    frame.insert(0, "id", competition.test_ids)
+    check_submission(frame, competition.test_ids, classes)
+    write_atomic(out, frame.to_csv(index=False, float_format="%.8g"))
+    winners = pd.Series(np.asarray(classes)[probabilities.argmax(axis=1)]).value_counts().head(3)
+    return SubmitResult(
+        path=out,
+        rows=len(frame),
+        mean_max_probability=float(probabilities.max(axis=1).mean()),
+        top_breeds=list(winners.items()),
+    )
+
+
+def score(submission: str | Path, solution: str | Path) -> dict:
+    """Kaggle's metric on a local answer key (id,breed): log loss and accuracy."""
+    predicted = pd.read_csv(submission, dtype={"id": str})
+    truth = pd.read_csv(solution, dtype=str)
+    classes = list(predicted.columns[1:])
+    merged = truth.merge(predicted, on="id", how="left", validate="one_to_one")
+    if merged[classes].isna().any().any():
+        raise DogbreedsError(f"{submission} has no row for some ids of {solution}")
+    unknown = set(truth["breed"]) - set(classes)
+    if unknown:
+        raise DogbreedsError(f"{solution} has breeds that are not columns of {submission}: {sorted(unknown)[:3]}")
+    probabilities = merged[classes].to_numpy(dtype=np.float64)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    labels = merged["breed"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return evaluate_probabilities(np.clip(probabilities, 1e-15, 1 - 1e-15), labels, len(classes))
