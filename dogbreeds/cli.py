@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from dogbreeds.config import Augmentation, TrainConfig
 from dogbreeds.errors import DogbreedsError
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
@@ -68,37 +69,37 @@ DataOption = typer.Option(
     None, "--data", help="Competition folder (labels.csv, train/, test/). Default: $DOGBREEDS_DATA, "
     "/kaggle/input/dog-breed-identification, ./data."
 )
+DEFAULTS = TrainConfig()  # the competition settings; options show and use these
 RunOption = typer.Option(None, "--run", help="Run folder or name under runs/. Default: the newest run.")
 
 
 @app.command()
 def train(
     data: Optional[Path] = DataOption,
-    backbone: str = typer.Option("inception_resnet_v2", help="Backbone name (see `dogbreeds backbones`)."),
-    weights: str = typer.Option("imagenet", help="imagenet, none, or the path of a .h5 weights file."),
-    image_size: int = typer.Option(331, help="Square input size in pixels."),
-    batch_size: int = typer.Option(32, help="Images per training step."),
-    epochs: int = typer.Option(5, help="Epochs with the backbone frozen (head only)."),
-    fine_tune_epochs: int = typer.Option(5, help="Epochs fine-tuning the backbone after that."),
+    backbone: str = typer.Option(DEFAULTS.backbone, help="Backbone name (see `dogbreeds backbones`)."),
+    weights: str = typer.Option(DEFAULTS.weights, help="imagenet, none, or the path of a .h5 weights file."),
+    image_size: int = typer.Option(DEFAULTS.image_size, help="Square input size in pixels."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per training step."),
+    epochs: int = typer.Option(DEFAULTS.epochs, help="Epochs with the backbone frozen (head only)."),
+    fine_tune_epochs: int = typer.Option(DEFAULTS.fine_tune_epochs, help="Epochs fine-tuning the backbone after that."),
     fine_tune_layers: Optional[int] = typer.Option(None, help="Unfreeze only the top N backbone layers. Default: all."),
-    learning_rate: float = typer.Option(1e-3, help="Adam learning rate of the frozen phase."),
+    learning_rate: float = typer.Option(DEFAULTS.learning_rate, help="Adam learning rate of the frozen phase."),
     fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Learning rate of fine-tuning. Default: a tenth of --learning-rate."),
-    dropout: float = typer.Option(0.5, help="Dropout before the classifier."),
-    hidden_units: int = typer.Option(0, help="Width of an extra hidden Dense layer in the head (0: none)."),
-    val_split: float = typer.Option(0.2, help="Share of labelled images held out, stratified by breed."),
-    seed: int = typer.Option(42, help="Seed of the split, the shuffling and the augmentation."),
+    dropout: float = typer.Option(DEFAULTS.dropout, help="Dropout before the classifier."),
+    hidden_units: int = typer.Option(DEFAULTS.hidden_units, help="Width of an extra hidden Dense layer in the head (0: none)."),
+    val_split: float = typer.Option(DEFAULTS.val_split, help="Share of labelled images held out, stratified by breed."),
+    seed: int = typer.Option(DEFAULTS.seed, help="Seed of the split, the shuffling and the augmentation."),
     limit: Optional[int] = typer.Option(None, help="Use a stratified subset of N labelled images (quick trial)."),
     loader: LoaderName = typer.Option(LoaderName.tfdata, help="tfdata (fast) or legacy (ImageDataGenerator)."),
     precision: Precision = typer.Option(Precision.auto, help="auto: mixed_float16 on a GPU, float32 on a CPU."),
-    flip: bool = typer.Option(True, "--flip/--no-flip", help="Random horizontal mirror."),
-    rotation: float = typer.Option(15.0, help="Random rotation range, degrees."),
-    shift: float = typer.Option(0.1, help="Random shift range, fraction of the size."),
-    zoom: float = typer.Option(0.15, help="Random zoom range: scale in [1-zoom, 1+zoom]."),
-    patience: int = typer.Option(3, help="Epochs without validation improvement before stopping a phase."),
+    flip: bool = typer.Option(DEFAULTS.augmentation.flip, "--flip/--no-flip", help="Random horizontal mirror."),
+    rotation: float = typer.Option(DEFAULTS.augmentation.rotation, help="Random rotation range, degrees."),
+    shift: float = typer.Option(DEFAULTS.augmentation.shift, help="Random shift range, fraction of the size."),
+    zoom: float = typer.Option(DEFAULTS.augmentation.zoom, help="Random zoom range: scale in [1-zoom, 1+zoom]."),
+    patience: int = typer.Option(DEFAULTS.patience, help="Epochs without validation improvement before stopping a phase."),
     run_dir: Optional[Path] = typer.Option(None, help="Where the run goes. Default: runs/<backbone>-<timestamp>."),
 ):
     """Fine-tune a pretrained backbone on labels.csv + train/ and save the run."""
-    from dogbreeds.config import Augmentation, TrainConfig
     from dogbreeds.training import train as train_run
 
     config = TrainConfig(
@@ -171,7 +172,6 @@ def demo(
     fine_tune_epochs: int = typer.Option(8, help="Fine-tuning epochs."),
 ):
     """Build a small generated competition, then train and submit on it, offline, in minutes."""
-    from dogbreeds.config import TrainConfig
     from dogbreeds.demo import make_competition
     from dogbreeds.submission import score as score_submission
     from dogbreeds.submission import submit as write_submission

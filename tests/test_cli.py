@@ -1,0 +1,119 @@
+"""The main job as a user runs it: the `dogbreeds` console script, train then submit."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import dogbreeds
+
+
+@pytest.fixture(scope="module")
+def trained(competition, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    result = dogbreeds(
+        "train", "--data", competition, "--backbone", "tiny_cnn", "--weights", "none",
+        "--image-size", 48, "--batch-size", 8, "--epochs", 2, "--fine-tune-epochs", 6,
+        "--learning-rate", 3e-3, "--fine-tune-learning-rate", 2e-3, "--run-dir", run,
+    )
+    assert result.returncode == 0, result.stderr
+    return run, result
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    run, result = trained
+    for name in ("config.json", "classes.json", "model.keras", "history.csv", "history.png", "metrics.json"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["backbone"] == "tiny_cnn" and config["image_size"] == 48 and config["seed"] == 42
+    assert json.loads((run / "classes.json").read_text()) == ["sheltie", "beagle", "pug"]
+    log = pd.read_csv(run / "history.csv")
+    assert log["epoch"].tolist() == list(range(len(log)))  # one axis across both phases
+    assert {"frozen", "fine_tune"} == set(log["phase"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val_log_loss"] < math.log(3)  # it learned something
+    assert f"validation log loss {metrics['val_log_loss']:.4f}" in result.stdout
+    assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_submit_matches_sample_submission_exactly(trained, competition, tmp_path):
+    run, _ = trained
+    out = tmp_path / "submission.csv"
+    result = dogbreeds("submit", "--run", run, "--data", competition, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert str(out) in result.stdout
+    sample = pd.read_csv(competition / "sample_submission.csv")
+    submission = pd.read_csv(out)
+    assert list(submission.columns) == list(sample.columns)  # header, column by column
+    assert submission["id"].tolist() == sample["id"].tolist()  # rows, in order, each once
+    p = submission.iloc[:, 1:].to_numpy()
+    assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+    scored = dogbreeds("score", out, "--solution", competition / "solution.csv")
+    assert scored.returncode == 0
+    assert float(scored.stdout.split()[2].rstrip(",")) < math.log(3)
+
+
+def test_submit_refuses_to_overwrite_without_force(trained, competition, tmp_path):
+    run, _ = trained
+    out = tmp_path / "kept.csv"
+    out.write_text("precious")
+    result = dogbreeds("submit", "--run", run, "--data", competition, "--out", out, "--no-tta")
+    assert result.returncode == 2 and "--force" in result.stderr
+    assert out.read_text() == "precious"
+    result = dogbreeds("submit", "--run", run, "--data", competition, "--out", out, "--no-tta", "--force")
+    assert result.returncode == 0, result.stderr
+    assert out.read_text().startswith("id,")
+
+
+def test_submit_defaults_to_newest_run_and_submissions_folder(trained, competition, tmp_path):
+    run, _ = trained
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").symlink_to(run)
+    result = dogbreeds("submit", "--data", competition, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "submissions" / "tiny.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--data", "/no/such/folder"], "data folder /no/such/folder does not exist"),
+        (["train", "--val-split", "0.9"], "--val-split must be between 0 and 0.5"),
+        (["train", "--backbone", "vgg99"], "unknown backbone 'vgg99'"),
+        (["submit", "--run", "/no/such/run"], "run /no/such/run not found"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, message, tmp_path, competition):
+    if args[0] == "train" and "--data" not in args:
+        args = [*args, "--data", str(competition)]
+    result = dogbreeds(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_offline_imagenet_says_to_pass_a_file(monkeypatch, tmp_path):
+    from dogbreeds import models
+    from dogbreeds.errors import DogbreedsError
+
+    def offline(**_):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/...: [Errno -2] Name or service not known")
+
+    monkeypatch.setitem(models.BACKBONES, "mobilenet_v2", models.Backbone("mobilenet_v2", offline, None, 224))
+    with pytest.raises(DogbreedsError, match="--weights /kaggle/input/"):
+        models.build_backbone("mobilenet_v2", "imagenet", 96)
+
+
+def test_python_dash_m_works():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "dogbreeds", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "submit" in result.stdout
