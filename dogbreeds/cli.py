@@ -5,8 +5,10 @@ TensorFlow is imported inside each command, so `dogbreeds --help` answers at onc
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from enum import Enum
@@ -16,7 +18,7 @@ from typing import Optional
 import typer
 
 from dogbreeds.config import Augmentation, TrainConfig
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
 
@@ -97,10 +99,17 @@ def train(
     shift: float = typer.Option(DEFAULTS.augmentation.shift, help="Random shift range, fraction of the size."),
     zoom: float = typer.Option(DEFAULTS.augmentation.zoom, help="Random zoom range: scale in [1-zoom, 1+zoom]."),
     patience: int = typer.Option(DEFAULTS.patience, help="Epochs without validation improvement before stopping a phase."),
+    max_unreadable: float = typer.Option(DEFAULTS.max_unreadable, help="Share of unreadable training images to skip before refusing to start."),
     run_dir: Optional[Path] = typer.Option(None, help="Where the run goes. Default: runs/<backbone>-<timestamp>."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this stopped run from its last completed epoch (its own settings; other options are ignored)."),
 ):
     """Fine-tune a pretrained backbone on labels.csv + train/ and save the run."""
+    from dogbreeds.training import resume as resume_run
     from dogbreeds.training import train as train_run
+
+    if resume is not None:
+        _report_training(resume_run(resume))
+        return
 
     config = TrainConfig(
         data=str(data) if data else None, backbone=backbone, weights=weights, image_size=image_size,
@@ -108,9 +117,13 @@ def train(
         fine_tune_layers=fine_tune_layers, learning_rate=learning_rate,
         fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout, hidden_units=hidden_units,
         val_split=val_split, seed=seed, limit=limit, loader=loader.value, precision=precision.value,
-        patience=patience, augmentation=Augmentation(flip=flip, rotation=rotation, shift=shift, zoom=zoom),
+        patience=patience, max_unreadable=max_unreadable,
+        augmentation=Augmentation(flip=flip, rotation=rotation, shift=shift, zoom=zoom),
     )
-    result = train_run(config, run_dir=str(run_dir) if run_dir else None)
+    _report_training(train_run(config, run_dir=str(run_dir) if run_dir else None))
+
+
+def _report_training(result) -> None:
     m = result.metrics
     typer.echo(
         f"run {result.run.path}: validation log loss {m['val_log_loss']:.4f} "
@@ -192,21 +205,39 @@ def demo(
         f"3/3 wrote {written.path}: test log loss {scored['log_loss']:.4f} (uniform guess "
         f"{m['uniform_log_loss']:.4f}), accuracy {scored['accuracy']:.2%}"
     )
-    typer.echo(f"next: put the Kaggle files in ./data and run `dogbreeds train`, then `dogbreeds submit`")
+    typer.echo("next: put the Kaggle files in ./data and run `dogbreeds train`, then `dogbreeds submit`")
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (a stopped Kaggle session, `kill`) ends like Ctrl-C
+
+
+def _show_messages() -> None:
+    """The library's log: progress lines on stdout, warnings as `warning: ...` on stderr."""
+    info = logging.StreamHandler(sys.stdout)
+    info.addFilter(lambda record: record.levelno < logging.WARNING)
+    warning = logging.StreamHandler(sys.stderr)
+    warning.setLevel(logging.WARNING)
+    warning.setFormatter(logging.Formatter("warning: %(message)s"))
+    log.handlers[:] = [info, warning]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def main() -> None:
-    """Entry point: a DogbreedsError becomes one line on stderr and exit status 2."""
+    """Entry point: a DogbreedsError becomes one line on stderr and its exit status."""
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
+    signal.signal(signal.SIGTERM, _interrupt)
+    _show_messages()
     try:
         app()
     except DogbreedsError as error:
         if debug:
             raise
         typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

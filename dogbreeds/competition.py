@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, log
 
 KAGGLE_INPUT = Path("/kaggle/input/dog-breed-identification")
 KAGGLE_HINT = (
@@ -57,11 +57,21 @@ class Competition:
         else:
             classes = sorted(labels["breed"].unique())
             test_ids = list_test_ids(root / "test") if need_test else []
+            log.warning(
+                f"{sample} not found: using the sorted breeds of labels.csv as columns"
+                + (" and the sorted file names of test/ as rows" if need_test else "")
+            )
         unknown = sorted(set(labels["breed"]) - set(classes))
         if unknown:
             raise DogbreedsError(
                 f"{root / 'labels.csv'}: {len(unknown)} breeds are not columns of sample_submission.csv "
                 f"(first: {', '.join(unknown[:3])}); use the files of one competition"
+            )
+        unseen = [c for c in classes if c not in set(labels["breed"])]
+        if unseen:
+            log.warning(
+                f"{len(unseen)} breeds of sample_submission.csv have no training image "
+                f"(first: {', '.join(unseen[:3])}); the model will give them little probability"
             )
         index = {breed: i for i, breed in enumerate(classes)}
         labels = labels.assign(
@@ -75,8 +85,6 @@ class Competition:
     def test_paths(self) -> list[str]:
         return [str(self.root / "test" / f"{i}{IMAGE_SUFFIX}") for i in self.test_ids]
 
-    def missing_images(self, paths: list[str]) -> list[str]:
-        return [p for p in paths if not os.path.isfile(p)]
 
 
 def _check_id(value: str, where: Path) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 from dogbreeds import __version__
 from dogbreeds.errors import DogbreedsError
 
+RUN_FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
+
 
 @dataclass
 class Augmentation:
@@ -51,8 +53,10 @@ class TrainConfig:
     loader: str = "tfdata"
     precision: str = "auto"
     patience: int = 3
+    max_unreadable: float = 0.01  # share of training images that may be skipped as unreadable
     augmentation: Augmentation = field(default_factory=Augmentation)
     version: str = __version__
+    run_format: int = RUN_FORMAT
 
     def __post_init__(self) -> None:
         if isinstance(self.augmentation, dict):
@@ -73,6 +77,7 @@ class TrainConfig:
             (0 < self.val_split < 0.5, f"--val-split must be between 0 and 0.5, got {self.val_split}"),
             (self.limit is None or self.limit >= 2, f"--limit must be at least 2, got {self.limit}"),
             (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (0 <= self.max_unreadable < 1, f"--max-unreadable must be in [0, 1), got {self.max_unreadable}"),
             (0 <= self.augmentation.shift < 1 and 0 <= self.augmentation.zoom < 1,
              "--shift and --zoom must be in [0, 1)"),
         ]
@@ -94,6 +99,11 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str, source: Path | str = "config.json") -> "TrainConfig":
         raw = json.loads(text)
+        if raw.get("run_format") != RUN_FORMAT:
+            raise DogbreedsError(
+                f"{source} was written by dogbreeds {raw.get('version', 'before 0.1')} in another run format; "
+                f"this is dogbreeds {__version__}: train a new run, or install that version to use this one"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

@@ -84,8 +84,11 @@ def _weights_argument(weights: str) -> str | None:
         raise DogbreedsError(
             f"--weights {weights}: no such file; pass imagenet, none, or the path of a .h5 weights file"
         )
-    if not path.name.endswith(".h5"):
-        raise DogbreedsError(f"--weights {weights}: expected a Keras .h5 or .weights.h5 file")
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89HDF\r\n\x1a\n":
+            raise DogbreedsError(
+                f"--weights {weights} is not an HDF5 file; pass a Keras .h5 or .weights.h5 weights file"
+            )
     return str(path)
 
 

@@ -7,13 +7,16 @@ Two loaders share one interface (`training`, `evaluation`, `prediction`):
 * `LegacyLoader`: the classic `ImageDataGenerator.flow_from_dataframe`, with the same
   augmentation ranges, for users coming from it and for side-by-side measurement.
 
-Both yield float32 batches of shape (batch, size, size, 3), already preprocessed, with
-integer labels; evaluation and prediction are deterministic and keep the input order.
+Both take frames with a `path` column (and `label`, and optionally the `orientation` found by
+`inspect_images`) and yield float32 batches of shape (batch, size, size, 3), already
+preprocessed, with integer labels; evaluation and prediction are deterministic and keep
+the input order.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,19 +32,49 @@ Preprocess = Callable[[tf.Tensor], tf.Tensor]
 EXIF_ORIENTATION = 0x0112
 
 
-def _orientation(path: str) -> int:
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # larger "photos" are decompression bombs: refuse
+HEADERS = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")  # JPEG, PNG, GIF, BMP, WebP
+
+
+def _inspect(path: str) -> tuple[int, str]:
+    """(EXIF orientation 1-8, problem or "") from the header; full decode only if the end looks cut."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 2))
+            tail = f.read(2)
+        if not head:
+            return 1, "empty file (0 bytes)"
+        if not head.startswith(HEADERS) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
+            return 1, "not an image (no JPEG, PNG, GIF, BMP or WebP header)"
         with Image.open(path) as image:
-            value = image.getexif().get(EXIF_ORIENTATION, 1)
-    except (OSError, ValueError, SyntaxError):
-        return 1  # unreadable headers are left to the decoder, which names the file
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                return 1, f"{width}x{height} px is over the {MAX_PIXELS // 1_000_000} MP limit (decompression bomb?)"
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if head.startswith(b"\xff\xd8") and tail != b"\xff\xd9":
+                image.load()  # no end-of-image marker: decode fully to see whether it is cut short
+    except FileNotFoundError:
+        return 1, "missing"
+    except Image.DecompressionBombError:
+        return 1, f"over the {MAX_PIXELS // 1_000_000} MP limit (decompression bomb?)"
+    except (OSError, ValueError, SyntaxError) as error:
+        return 1, f"unreadable ({error})"
+    return (orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1), ""
 
 
-def exif_orientations(paths: list[str]) -> np.ndarray:
-    """EXIF orientation tag (1-8) of each file; reads headers only, in threads."""
+def inspect_images(paths: list[str]) -> pd.DataFrame:
+    """One header pass over the files (threads): EXIF orientation and any problem, per path.
+
+    Problems found here (empty, not an image, truncated, a decompression bomb) would otherwise
+    stop TensorFlow in the middle of an epoch, or of a submission.
+    """
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return np.fromiter(pool.map(_orientation, paths, chunksize=64), dtype=np.int32, count=len(paths))
+        results = list(pool.map(_inspect, paths, chunksize=64))
+    return pd.DataFrame(
+        {"path": list(paths), "orientation": np.array([r[0] for r in results], dtype=np.int32),
+         "problem": [r[1] for r in results]}
+    )
 
 
 def _apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -117,8 +150,8 @@ class Loader:
         """Batches of (images, labels) in the frame's order, not augmented."""
         raise NotImplementedError
 
-    def prediction(self, paths: list[str]):
-        """Batches of images in the order of `paths`, not augmented."""
+    def prediction(self, frame: pd.DataFrame):
+        """Batches of images in the frame's order, not augmented (labels not needed)."""
         raise NotImplementedError
 
 
@@ -127,10 +160,12 @@ class TFDataLoader(Loader):
 
     name = "tfdata"
 
-    def _images(self, paths: list[str], labels=None) -> tf.data.Dataset:
-        columns = (np.asarray(paths, dtype=str), exif_orientations(list(paths)))
-        if labels is not None:
-            columns += (np.asarray(labels, dtype=np.int64),)
+    def _images(self, frame: pd.DataFrame, labelled: bool = True) -> tf.data.Dataset:
+        if "orientation" not in frame:
+            frame = frame.assign(orientation=inspect_images(frame["path"].tolist())["orientation"].to_numpy())
+        columns = (frame["path"].to_numpy(dtype=str), frame["orientation"].to_numpy(dtype=np.int32))
+        if labelled:
+            columns += (frame["label"].to_numpy(dtype=np.int64),)
         return tf.data.Dataset.from_tensor_slices(columns)
 
     def _decode(self, path, orientation, *label):
@@ -143,7 +178,7 @@ class TFDataLoader(Loader):
 
     def training(self, frame: pd.DataFrame) -> tf.data.Dataset:
         # The same sequence of orders and warps for the same seed, different each epoch.
-        ds = self._images(frame["path"].tolist(), frame["label"].to_numpy())
+        ds = self._images(frame)
         ds = ds.shuffle(len(frame), seed=self.seed, reshuffle_each_iteration=True)
         ds = ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
         if self.augmentation.enabled:
@@ -156,11 +191,11 @@ class TFDataLoader(Loader):
         return self._finish(ds)
 
     def evaluation(self, frame: pd.DataFrame) -> tf.data.Dataset:
-        ds = self._images(frame["path"].tolist(), frame["label"].to_numpy())
+        ds = self._images(frame)
         return self._finish(ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size))
 
-    def prediction(self, paths: list[str]) -> tf.data.Dataset:
-        ds = self._images(paths).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
+    def prediction(self, frame: pd.DataFrame) -> tf.data.Dataset:
+        ds = self._images(frame, labelled=False).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
         preprocess = self.preprocess
         return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
@@ -212,9 +247,9 @@ class LegacyLoader(Loader):
         generator = tf.keras.preprocessing.image.ImageDataGenerator(preprocessing_function=self._preprocess)
         return self._flow(frame, generator, labelled=True, shuffle=False)
 
-    def prediction(self, paths: list[str]):
+    def prediction(self, frame: pd.DataFrame):
         generator = tf.keras.preprocessing.image.ImageDataGenerator(preprocessing_function=self._preprocess)
-        return self._flow(pd.DataFrame({"path": paths}), generator, labelled=False, shuffle=False)
+        return self._flow(frame[["path"]], generator, labelled=False, shuffle=False)
 
 
 LOADERS: dict[str, type] = {loader.name: loader for loader in (TFDataLoader, LegacyLoader)}

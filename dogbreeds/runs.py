@@ -44,7 +44,10 @@ class Run:
 
     config_file = "config.json"
     classes_file = "classes.json"
-    model_file = "model.keras"
+    model_file = "model.keras"  # the best model by validation loss
+    last_file = "last.keras"  # model and optimizer after the last completed epoch, for --resume
+    progress_file = "progress.json"
+    skipped_file = "skipped_images.csv"
     log_file = "history.csv"
     plot_file = "history.png"
     metrics_file = "metrics.json"
@@ -70,7 +73,7 @@ class Run:
         return run
 
     @classmethod
-    def open(cls, run: str | Path | None = None) -> "Run":
+    def open(cls, run: str | Path | None = None, need_model: bool = True) -> "Run":
         """A run by folder, by name under runs/, or (None) the newest run with a model."""
         if run is None:
             return cls.latest()
@@ -80,7 +83,7 @@ class Run:
         if not path.is_dir():
             raise DogbreedsError(f"run {run} not found: pass a run folder or a name under {RUNS_DIR}/")
         opened = cls(path)
-        for needed in (cls.config_file, cls.classes_file, cls.model_file):
+        for needed in (cls.config_file, cls.classes_file) + ((cls.model_file,) if need_model else ()):
             if not opened.file(needed).is_file():
                 raise DogbreedsError(
                     f"run {path} has no {needed}: its training did not finish; train again or pick another run"

@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from dogbreeds.competition import Competition
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.pipeline import Loader
+from dogbreeds.pipeline import Loader, inspect_images
 from dogbreeds.runs import Run, write_atomic
-from dogbreeds.training import evaluate_probabilities, make_loader
+from dogbreeds.training import evaluate_probabilities, make_loader, user_facing_failures
 
 EPSILON = 1e-6
 SUBMISSIONS_DIR = Path("submissions")
@@ -48,11 +48,28 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
-def predict(model: keras.Model, loader: Loader, paths: list[str], *, tta: bool = True, desc: str = "predict") -> np.ndarray:
+def predict(model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict") -> np.ndarray:
+    """Probabilities for the images of a frame with a `path` column, in its order."""
     if tta:
         model = with_flip_tta(model)
-    progress = ProgressBar(len(paths), loader.batch_size, desc)
-    return np.asarray(model.predict(loader.prediction(paths), verbose=0, callbacks=[progress]), dtype=np.float64)
+    progress = ProgressBar(len(images), loader.batch_size, desc)
+    return np.asarray(model.predict(loader.prediction(images), verbose=0, callbacks=[progress]), dtype=np.float64)
+
+
+def readable_test_images(competition: Competition) -> pd.DataFrame:
+    """Every test id needs a row, so any image that cannot be read stops submit, named."""
+    if not (competition.root / "test").is_dir():
+        raise DogbreedsError(f"{competition.root / 'test'} not found: unzip test.zip there")
+    report = inspect_images(competition.test_paths())
+    bad = report[report["problem"] != ""]
+    if len(bad):
+        ids = [competition.test_ids[i] for i in bad.index[:3]]
+        listing = "; ".join(f"{i} ({p})" for i, p in zip(ids, bad["problem"]))
+        raise DogbreedsError(
+            f"{len(bad)} test images in {competition.root / 'test'} cannot be read (first: {listing}); "
+            "every test id needs a prediction: restore these files from the competition's test.zip"
+        )
+    return report
 
 
 def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
@@ -72,6 +89,16 @@ def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) ->
         raise DogbreedsError(f"the model predicted a non-finite probability for test id {bad}; retrain in float32")
     if (values <= 0).any() or (values >= 1).any() or not np.allclose(values.sum(axis=1), 1.0, atol=1e-4):
         raise DogbreedsError("submission rows are not probability distributions; this is a bug, please report it")
+
+
+def load_model(run: Run) -> keras.Model:
+    """The run's best model, in Keras safe mode: a model file cannot run arbitrary code."""
+    try:
+        return keras.models.load_model(run.file(Run.model_file), safe_mode=True)
+    except (OSError, ValueError) as error:
+        raise DogbreedsError(
+            f"{run.file(Run.model_file)} cannot be loaded ({str(error)[:160]}); train the run again"
+        ) from None
 
 
 @dataclass
@@ -103,17 +130,12 @@ def submit(
     out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{opened.name}.csv"
     if out.exists() and not force:
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
-    paths = competition.test_paths()
-    missing = competition.missing_images(paths)
-    if missing:
-        raise DogbreedsError(
-            f"{len(missing)} test images are missing from {competition.root / 'test'} "
-            f"(first: {', '.join(missing[:3])}); every test id needs its image"
-        )
+    images = readable_test_images(competition)
     if batch_size:
         config.batch_size = batch_size
-    model = keras.models.load_model(opened.file(Run.model_file), safe_mode=True)
-    probabilities = clip(predict(model, make_loader(config), paths, tta=tta, desc="test images"))
+    model = load_model(opened)
+    with user_facing_failures(None, config.batch_size):
+        probabilities = clip(predict(model, make_loader(config), images, tta=tta, desc="test images"))
 
     frame = pd.DataFrame(probabilities, columns=classes)
     frame.insert(0, "id", competition.test_ids)

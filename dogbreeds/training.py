@@ -3,14 +3,20 @@
 Phase 1 trains the new head on a frozen backbone (the head starts random: large gradients
 would wreck pretrained features). Phase 2 unfreezes the top of the backbone at a tenth of
 the learning rate. One checkpoint keeps the best model by validation loss across both.
+
+After every epoch the run folder also gets the model with its optimizer (`last.keras`) and
+where training stands (`progress.json`), both written atomically, so `--resume` continues a
+run that was stopped by Ctrl-C, a kill, or the end of a Kaggle session.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import keras
 import numpy as np
@@ -20,9 +26,9 @@ from sklearn.metrics import log_loss
 
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
-from dogbreeds.pipeline import LOADERS, Loader
+from dogbreeds.pipeline import LOADERS, Loader, inspect_images
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run, temporary_sibling, write_atomic
 
@@ -50,42 +56,120 @@ def make_loader(config: TrainConfig) -> Loader:
     )
 
 
-class BestCheckpoint(keras.callbacks.Callback):
-    """Saves the model whenever validation loss improves, atomically, across both phases."""
+def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
+    return {
+        "log_loss": float(log_loss(labels, probabilities, labels=np.arange(n_classes))),
+        "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+    }
 
-    def __init__(self, run: Run):
+
+@contextmanager
+def user_facing_failures(run: Run | None, batch_size: int):
+    """Ctrl-C, SIGTERM and out-of-memory become one line that says how to go on."""
+    hint = f"; continue with: dogbreeds train --resume {run.path}" if run else ""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted{hint}") from None
+    except tf.errors.ResourceExhaustedError:
+        raise DogbreedsError(
+            f"out of memory at --batch-size {batch_size}: try --batch-size {max(1, batch_size // 2)} "
+            f"or a smaller --image-size{hint}"
+        ) from None
+
+
+# -- data -------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    competition: Competition
+    train: pd.DataFrame
+    val: pd.DataFrame
+    skipped: pd.DataFrame  # id, path, problem of the images left out
+
+
+def prepare_data(config: TrainConfig) -> Data:
+    """The run's split (the same images for the same config), unreadable images left out.
+
+    Every image's header is read once; those that cannot be read are skipped and named,
+    and past --max-unreadable the run refuses to start rather than learn from a broken copy.
+    """
+    competition = Competition.load(config.data)
+    if not (competition.root / "train").is_dir():
+        raise DogbreedsError(f"{competition.root / 'train'} not found: unzip train.zip there")
+    labels = competition.labels
+    report = inspect_images(labels["path"].tolist())
+    labels = labels.assign(orientation=report["orientation"].to_numpy())
+    train_frame, val_frame = split(labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    problem = dict(zip(report["path"], report["problem"]))
+    used = pd.concat([train_frame, val_frame])
+    bad = used["path"].map(problem) != ""
+    skipped = used.loc[bad, ["id", "path"]].assign(problem=used.loc[bad, "path"].map(problem))
+    if len(skipped):
+        listing = "; ".join(f"{r.id} ({r.problem})" for r in skipped.head(3).itertuples())
+        if bad.mean() > config.max_unreadable:
+            raise DogbreedsError(
+                f"{len(skipped)} of {len(used)} training images in {competition.root / 'train'} cannot be read "
+                f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix them or their labels.csv rows"
+            )
+        log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
+        keep = set(skipped["path"])
+        train_frame = train_frame[~train_frame["path"].isin(keep)].reset_index(drop=True)
+        val_frame = val_frame[~val_frame["path"].isin(keep)].reset_index(drop=True)
+    return Data(competition, train_frame, val_frame, skipped)
+
+
+# -- callbacks --------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where training stands: saved after every epoch as progress.json."""
+
+    epoch: int = 0  # completed epochs, on one axis across both phases
+    phase: str = ""
+    phase_start: int = 0
+    completed: list[str] = field(default_factory=list)
+
+
+class SaveProgress(keras.callbacks.Callback):
+    """After each epoch: the epoch log, the best model, the last model, then progress.json."""
+
+    def __init__(self, run: Run, progress: Progress):
         super().__init__()
-        self.path = run.file(Run.model_file)
-        self.best = math.inf
-        self.best_epoch = -1
+        self.run, self.progress = run, progress
+        log_path = run.file(Run.log_file)
+        rows = pd.read_csv(log_path).head(progress.epoch) if log_path.is_file() and progress.epoch else pd.DataFrame()
+        self.rows = rows.to_dict("records")
+        seen = [r["val_loss"] for r in self.rows if "val_loss" in r]
+        self.best = min(seen, default=math.inf)
 
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("val_loss", math.inf)
-        if loss < self.best:
-            self.best, self.best_epoch = float(loss), epoch
-            tmp = temporary_sibling(self.path)
-            self.model.save(tmp)
-            tmp.replace(self.path)
-
-
-class EpochLog(keras.callbacks.Callback):
-    """history.csv with the phase, learning rate and time of every epoch, rewritten atomically."""
-
-    def __init__(self, run: Run):
-        super().__init__()
-        self.path = run.file(Run.log_file)
-        self.rows: list[dict] = []
-        self.phase = ""
+    def _save_model(self, name: str) -> None:
+        path = self.run.file(name)
+        tmp = temporary_sibling(path)
+        self.model.save(tmp)
+        tmp.replace(path)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        row = {"epoch": epoch, "phase": self.phase, **{k: float(v) for k, v in (logs or {}).items()}}
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        row = {"epoch": epoch, "phase": self.progress.phase, **logs}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.rows.append(row)
-        write_atomic(self.path, pd.DataFrame(self.rows).to_csv(index=False))
+        write_atomic(self.run.file(Run.log_file), pd.DataFrame(self.rows).to_csv(index=False))
+        if logs.get("val_loss", math.inf) < self.best:
+            self.best = logs["val_loss"]
+            self._save_model(Run.model_file)
+        self._save_model(Run.last_file)
+        self.progress.epoch = epoch + 1
+        write_atomic(self.run.file(Run.progress_file), json.dumps(asdict(self.progress)))
+
+
+# -- the two phases ---------------------------------------------------------------------
 
 
 @dataclass
@@ -94,94 +178,119 @@ class TrainResult:
     metrics: dict
 
 
-def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
-    return {
-        "log_loss": float(log_loss(labels, probabilities, labels=np.arange(n_classes))),
-        "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
+def _phases(config: TrainConfig):
+    yield "frozen", config.epochs, config.learning_rate, 0
+    yield "fine_tune", config.fine_tune_epochs, config.fine_tune_lr, config.fine_tune_layers
+
+
+def _backbone_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def _fit_phases(model: keras.Model, run: Run, config: TrainConfig, data: Data, progress: Progress) -> None:
+    loader = make_loader(config)
+    train_data, val_data = loader.training(data.train), loader.evaluation(data.val)
+    backbone = _backbone_of(model)
+    saver = SaveProgress(run, progress)
+    verbose = 1 if sys.stdout.isatty() else 2
+    for phase, epochs, learning_rate, layers in _phases(config):
+        if phase in progress.completed:
+            continue
+        if progress.phase != phase:  # a new phase; a resumed one keeps its compiled optimizer
+            progress.phase, progress.phase_start = phase, progress.epoch
+            if phase == "frozen":
+                backbone.trainable = False
+            else:
+                n = set_trainable(backbone, layers, pretrained=config.pretrained)
+                log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {learning_rate:g}")
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+        end = progress.phase_start + epochs
+        if progress.epoch < end:
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                initial_epoch=progress.epoch,
+                epochs=end,
+                verbose=verbose,
+                shuffle=False,  # the loaders shuffle, reproducibly
+                callbacks=[
+                    saver,
+                    keras.callbacks.EarlyStopping(patience=config.patience),
+                    keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, config.patience - 1), min_lr=1e-7),
+                ],
+            )
+        progress.completed.append(phase)
+        write_atomic(run.file(Run.progress_file), json.dumps(asdict(progress)))
+
+
+def _finish(run: Run, config: TrainConfig, data: Data, precision: str) -> TrainResult:
+    """Score the best model on the validation split; metrics.json and the plot."""
+    best = keras.models.load_model(run.file(Run.model_file), safe_mode=True)  # no code runs from the file
+    probabilities = best.predict(make_loader(config).evaluation(data.val), verbose=0)
+    n_classes = len(data.competition.classes)
+    scores = evaluate_probabilities(probabilities, data.val["label"].to_numpy(), n_classes)
+    history = pd.read_csv(run.file(Run.log_file))
+    metrics = {f"val_{k}": v for k, v in scores.items()} | {
+        "uniform_log_loss": math.log(n_classes),
+        "best_epoch": int(history["val_loss"].idxmin()) + 1,
+        "epochs": len(history),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "train_seconds": round(float(history["seconds"].sum()), 1),
+        "precision": precision,
     }
+    run.save_metrics(metrics)
+    plot_history(history, run.file(Run.plot_file), title=run.name)
+    return TrainResult(run, metrics)
 
 
 def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
-    competition = Competition.load(config.data)
-    train_frame, val_frame = split(
-        competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit
-    )
-    missing = competition.missing_images(train_frame["path"].tolist() + val_frame["path"].tolist())
-    if missing:
-        raise DogbreedsError(
-            f"{len(missing)} images listed in labels.csv are missing from {competition.root / 'train'} "
-            f"(first: {', '.join(missing[:3])}); unzip train.zip there"
-        )
+    """A new run: everything is checked before the run folder is made."""
+    data = prepare_data(config)
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
-    loader = make_loader(config)
     backbone = build_backbone(config.backbone, config.weights, config.image_size)
     model = build_classifier(
         backbone,
-        len(competition.classes),
+        len(data.competition.classes),
         dropout=config.dropout,
         hidden_units=config.hidden_units,
         pretrained=config.pretrained,
     )
-    run = Run.create(config, competition.classes, run_dir)
-    print(
-        f"training {config.backbone} at {config.image_size}px on {len(train_frame)} images "
-        f"({len(val_frame)} held out, {len(competition.classes)} classes, {precision}) -> {run.path}"
+    run = Run.create(config, data.competition.classes, run_dir)
+    if len(data.skipped):
+        write_atomic(run.file(Run.skipped_file), data.skipped.to_csv(index=False))
+        log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
+    log.info(
+        f"training {config.backbone} at {config.image_size}px on {len(data.train)} images "
+        f"({len(data.val)} held out, {len(data.competition.classes)} classes, {precision}) -> {run.path}"
     )
+    with user_facing_failures(run, config.batch_size):
+        _fit_phases(model, run, config, data, Progress())
+        return _finish(run, config, data, precision)
 
-    train_data, val_data = loader.training(train_frame), loader.evaluation(val_frame)
-    checkpoint, log = BestCheckpoint(run), EpochLog(run)
-    verbose = 1 if sys.stdout.isatty() else 2
-    phases = [("frozen", config.epochs, config.learning_rate, 0), ("fine_tune", config.fine_tune_epochs, config.fine_tune_lr, config.fine_tune_layers)]
-    done = 0
-    started = time.perf_counter()
-    for phase, epochs, learning_rate, layers in phases:
-        if epochs == 0:
-            continue
-        if phase == "frozen":
-            backbone.trainable = False
-        else:
-            n = set_trainable(backbone, layers, pretrained=config.pretrained)
-            print(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {learning_rate:g}")
-        log.phase = phase
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        history = model.fit(
-            train_data,
-            validation_data=val_data,
-            initial_epoch=done,
-            epochs=done + epochs,
-            verbose=verbose,
-            shuffle=False,  # the loaders shuffle, reproducibly
-            callbacks=[
-                checkpoint,
-                log,
-                keras.callbacks.EarlyStopping(patience=config.patience),
-                keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, config.patience - 1), min_lr=1e-7),
-            ],
-        )
-        done += len(history.epoch)
-    seconds = time.perf_counter() - started
 
-    best = keras.models.load_model(run.file(Run.model_file), safe_mode=True)
-    probabilities = best.predict(loader.evaluation(val_frame), verbose=0)
-    metrics = {
-        "val_" + k: v
-        for k, v in evaluate_probabilities(probabilities, val_frame["label"].to_numpy(), len(competition.classes)).items()
-    }
-    metrics |= {
-        "uniform_log_loss": math.log(len(competition.classes)),
-        "best_epoch": checkpoint.best_epoch + 1,
-        "epochs": done,
-        "train_images": len(train_frame),
-        "val_images": len(val_frame),
-        "train_seconds": round(seconds, 1),
-        "precision": precision,
-    }
-    run.save_metrics(metrics)
-    plot_history(pd.read_csv(run.file(Run.log_file)), run.file(Run.plot_file), title=f"{run.name}")
-    return TrainResult(run, metrics)
+def resume(run_ref: str) -> TrainResult:
+    """Continue a stopped run from its last completed epoch, on the same split."""
+    run = Run.open(run_ref, need_model=False)
+    config = run.config()
+    progress_path = run.file(Run.progress_file)
+    if not progress_path.is_file() or not run.file(Run.last_file).is_file():
+        raise DogbreedsError(f"run {run.path} has no completed epoch to resume from; train it again")
+    progress = Progress(**json.loads(progress_path.read_text()))
+    data = prepare_data(config)
+    if data.competition.classes != run.classes():
+        raise DogbreedsError(f"the classes of {data.competition.root} differ from run {run.path}'s; resume on its data")
+    precision = resolve_precision(config.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    keras.utils.set_random_seed(config.seed + progress.epoch)  # fresh but repeatable draws from here
+    model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
+    log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'})")
+    with user_facing_failures(run, config.batch_size):
+        _fit_phases(model, run, config, data, progress)
+        return _finish(run, config, data, precision)

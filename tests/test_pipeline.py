@@ -5,7 +5,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from dogbreeds.config import Augmentation
-from dogbreeds.pipeline import LegacyLoader, TFDataLoader, decode, exif_orientations, random_affine
+from dogbreeds.pipeline import LegacyLoader, TFDataLoader, decode, inspect_images, random_affine
 
 
 def as_array(path, size=32, orientation=1):
@@ -49,7 +49,7 @@ def test_exif_orientation_matches_pil(tmp_path, orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     Image.fromarray(gradient()).save(path, exif=exif, quality=100)
-    assert exif_orientations([str(path)]).tolist() == [orientation]
+    assert inspect_images([str(path)])["orientation"].tolist() == [orientation]
     expected = ImageOps.exif_transpose(Image.open(path)).convert("RGB").resize((32, 32), Image.BILINEAR)
     got = as_array(path, orientation=orientation)
     assert np.abs(got - np.asarray(expected, dtype=np.float32)).mean() < 8
@@ -104,7 +104,7 @@ def test_evaluation_and_prediction_keep_order_and_are_deterministic(competition)
     labels = np.concatenate([y.numpy() for _, y in tf_loader.evaluation(frame)])
     assert labels.tolist() == frame["label"].tolist()
     once = np.concatenate([x.numpy() for x, _ in tf_loader.evaluation(frame)])
-    twice = np.concatenate([x.numpy() for x in tf_loader.prediction(frame["path"].tolist())])
+    twice = np.concatenate([x.numpy() for x in tf_loader.prediction(frame[["path"]])])
     np.testing.assert_array_equal(once, twice)
 
 
