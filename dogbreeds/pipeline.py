@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from dogbreeds.config import Augmentation
 
@@ -56,6 +56,8 @@ def _inspect(path: str) -> tuple[int, str]:
                 image.load()  # no end-of-image marker: decode fully to see whether it is cut short
     except FileNotFoundError:
         return 1, "missing"
+    except UnidentifiedImageError:
+        return 1, "unreadable (the image data is corrupt)"
     except Image.DecompressionBombError:
         return 1, f"over the {MAX_PIXELS // 1_000_000} MP limit (decompression bomb?)"
     except (OSError, ValueError, SyntaxError) as error:

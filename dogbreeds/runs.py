@@ -17,6 +17,8 @@ from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError
 
 RUNS_DIR = Path("runs")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
@@ -27,6 +29,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain file is what the user expects
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,158 @@
+"""Try each bad input through the `dogbreeds` command and print what the user sees.
+
+    python benchmarks/bad_inputs.py > bad_inputs.md
+
+Builds a small generated competition in a temporary folder, breaks a copy of it in one way
+per case, runs the command, and prints a Markdown table: case, message, exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from dogbreeds.demo import make_competition
+
+TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--image-size", "48", "--epochs", "1", "--fine-tune-epochs", "0"]
+
+
+def run(*args) -> tuple[int, str]:
+    result = subprocess.run(["dogbreeds", *map(str, args)], capture_output=True, text=True)
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "warning:"))]
+    shown = " / ".join(lines) or (result.stdout.strip().splitlines() or [""])[-1]
+    if "Traceback" in result.stderr:
+        shown = "TRACEBACK: " + shown
+    return result.returncode, shown
+
+
+def main() -> None:
+    base = Path(tempfile.mkdtemp())
+    pristine = make_competition(base / "pristine", n_classes=3, train_per_class=12, n_test=6, image_size=48)
+    model_run = base / "run"
+    assert run("train", "--data", pristine, *TINY, "--run-dir", model_run)[0] == 0
+    first_train = pd.read_csv(pristine / "labels.csv")["id"].iloc[0]
+    first_test = pd.read_csv(pristine / "sample_submission.csv")["id"].iloc[0]
+
+    def copy() -> Path:
+        target = Path(tempfile.mkdtemp(dir=base)) / "data"
+        shutil.copytree(pristine, target)
+        return target
+
+    def train_image(d: Path) -> Path:
+        return d / "train" / f"{first_train}.jpg"
+
+    def test_image(d: Path) -> Path:
+        return d / "test" / f"{first_test}.jpg"
+
+    def save(path: Path, mode: str, fmt: str, size=(48, 48), **kw):
+        Image.new(mode, size, 128 if mode in ("L", "1", "I;16") else (200, 60, 30)[: len(mode)]).save(path, format=fmt, **kw)
+
+    def rename_breed(d: Path, old: str, new: str, count: int = -1, add_column: bool = False):
+        labels = (d / "labels.csv").read_text()
+        (d / "labels.csv").write_text(labels.replace(f",{old}", f",{new}", count))
+        sample = pd.read_csv(d / "sample_submission.csv")
+        sample = sample.assign(**{new: 0.1}) if add_column else sample.rename(columns={old: new})
+        sample.to_csv(d / "sample_submission.csv", index=False)
+
+    def exif_rotated(path: Path):
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.new("RGB", (60, 40), (10, 200, 30)).save(path, exif=exif)
+
+    train_cases = {
+        "missing data folder": lambda d: shutil.rmtree(d),
+        "missing labels.csv": lambda d: (d / "labels.csv").unlink(),
+        "missing train/": lambda d: shutil.rmtree(d / "train"),
+        "missing sample_submission.csv": lambda d: (d / "sample_submission.csv").unlink(),
+        "labels.csv without a breed column": lambda d: (d / "labels.csv").write_text("id,dog\na,pug\n"),
+        "empty labels.csv": lambda d: (d / "labels.csv").write_text(""),
+        "labels.csv header only": lambda d: (d / "labels.csv").write_text("id,breed\n"),
+        "duplicate ids": lambda d: (d / "labels.csv").write_text((d / "labels.csv").read_text() + f"{first_train},pug\n"),
+        "id escaping the folder": lambda d: (d / "labels.csv").write_text("id,breed\n../../etc/passwd,pug\n"),
+        "breed not in sample_submission": lambda d: (d / "labels.csv").write_text(
+            (d / "labels.csv").read_text().replace(",pug", ",corgi", 1)),
+        "sample column with no training image": lambda d: pd.read_csv(d / "sample_submission.csv").assign(
+            corgi=0.1).to_csv(d / "sample_submission.csv", index=False),
+        "a breed with a single image": lambda d: rename_breed(d, "pug", "akita", count=1, add_column=True),
+        "one image missing": lambda d: train_image(d).unlink(),
+        "all images missing": lambda d: [p.unlink() for p in (d / "train").iterdir()],
+        "truncated JPEG": lambda d: train_image(d).write_bytes(train_image(d).read_bytes()[:300]),
+        "zero-byte file": lambda d: train_image(d).write_bytes(b""),
+        "PNG data under .jpg": lambda d: save(train_image(d), "RGB", "PNG"),
+        "WebP data under .jpg": lambda d: save(train_image(d), "RGB", "WEBP"),
+        "grayscale JPEG": lambda d: save(train_image(d), "L", "JPEG"),
+        "CMYK JPEG": lambda d: save(train_image(d), "CMYK", "JPEG"),
+        "16-bit PNG": lambda d: save(train_image(d), "I;16", "PNG"),
+        "EXIF-rotated JPEG": lambda d: exif_rotated(train_image(d)),
+        "1x1 px image": lambda d: save(train_image(d), "RGB", "JPEG", size=(1, 1)),
+        "20000x20000 px decompression bomb": lambda d: save(train_image(d), "1", "PNG", size=(20000, 20000)),
+    }
+    rows = []
+    for case, breakage in train_cases.items():
+        data = copy()
+        breakage(data)
+        code, shown = run("train", "--data", data, *TINY, "--max-unreadable", "0.05",
+                          "--run-dir", data.parent / "run")
+        rows.append((f"train: {case}", shown, code))
+
+    weights = base / "not-hdf5.h5"
+    weights.write_text("<html>403</html>")
+    other = base / "other.weights.h5"
+    subprocess.run(["python", "-c", f"from dogbreeds.models import build_backbone; "
+                    f"build_backbone('tiny_cnn', 'none', 64).save_weights('{other}')"], check=True)
+    for case, args in {
+        "--weights PATH that does not exist": ["--weights", base / "nope.h5"],
+        "--weights PATH not HDF5": ["--weights", weights],
+        "--weights of another architecture": ["--backbone", "mobilenet_v2", "--weights", other],
+        "--weights imagenet offline": ["--backbone", "mobilenet_v2", "--weights", "imagenet"],
+    }.items():
+        args = ["--data", pristine, "--image-size", "64", "--run-dir", base / "wrun", *args]
+        if "--backbone" not in args:
+            args += ["--backbone", "tiny_cnn"]
+        code, shown = run("train", *args)
+        rows.append((f"train: {case}", shown, code))
+
+    def submit_case(case, breakage, *extra):
+        data = copy()
+        breakage(data)
+        code, shown = run("submit", "--run", model_run, "--data", data, "--out", data.parent / "s.csv", *extra)
+        rows.append((f"submit: {case}", shown, code))
+
+    submit_case("missing test/", lambda d: shutil.rmtree(d / "test"))
+    submit_case("corrupt test image", lambda d: test_image(d).write_bytes(b"\xff\xd8garbage"))
+    submit_case("non-image file as a test image", lambda d: test_image(d).write_text("hello"))
+    submit_case("data of other classes", lambda d: rename_breed(d, "pug", "corgi"))
+    existing = base / "existing.csv"
+    existing.write_text("precious")
+    code, shown = run("submit", "--run", model_run, "--data", pristine, "--out", existing)
+    rows.append(("submit: --out file exists", shown, code))
+    code, shown = run("submit", "--run", base / "no-such-run")
+    rows.append(("submit: run folder does not exist", shown, code))
+    no_model = base / "no-model"
+    shutil.copytree(model_run, no_model)
+    (no_model / "model.keras").unlink()
+    code, shown = run("submit", "--run", no_model)
+    rows.append(("submit: run without a model", shown, code))
+    old = base / "old-run"
+    shutil.copytree(model_run, old)
+    config = json.loads((old / "config.json").read_text())
+    config.pop("run_format")
+    config["version"] = "0.0.9"
+    (old / "config.json").write_text(json.dumps(config))
+    code, shown = run("submit", "--run", old, "--data", pristine, "--out", base / "o.csv")
+    rows.append(("submit: run made by an older version", shown, code))
+
+    print("| case | what the user sees | exit |\n| --- | --- | --- |")
+    for case, shown, code in rows:
+        shown = shown.replace(str(base), "$TMP").replace("|", "\\|")
+        print(f"| {case} | {shown} | {code} |")
+
+
+if __name__ == "__main__":
+    main()

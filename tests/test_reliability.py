@@ -1,0 +1,259 @@
+"""Bad input gets one clear line and a non-zero exit; interrupted work resumes; nothing half-written."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import dogbreeds
+from dogbreeds.config import TrainConfig
+from dogbreeds.demo import make_competition
+from dogbreeds.errors import DogbreedsError
+from dogbreeds.models import build_backbone
+from dogbreeds.pipeline import inspect_images
+from dogbreeds.runs import Run
+from dogbreeds.training import user_facing_failures
+
+TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--image-size", 48, "--batch-size", 8]
+
+
+def one_error_line(result, *fragments):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def fresh(tmp_path):
+    """A competition of our own, to break."""
+    return make_competition(tmp_path / "data", n_classes=3, train_per_class=12, n_test=6, image_size=48)
+
+
+def jpeg_bytes(size=(40, 30)):
+    path = "/tmp/_dogbreeds_probe.jpg"
+    Image.new("RGB", size, (120, 60, 30)).save(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+BROKEN = {
+    "truncated": lambda: jpeg_bytes((200, 150))[:700],
+    "empty": lambda: b"",
+    "text": lambda: b"id,breed\nnot an image\n",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BROKEN))
+def test_inspect_names_broken_files(tmp_path, kind):
+    path = tmp_path / "x.jpg"
+    path.write_bytes(BROKEN[kind]())
+    problem = inspect_images([str(path)])["problem"].iloc[0]
+    assert problem, kind
+    assert {"truncated": "unreadable", "empty": "empty file", "text": "not an image"}[kind] in problem
+
+
+def test_inspect_refuses_a_decompression_bomb_without_decoding_it(tmp_path):
+    path = tmp_path / "bomb.jpg"
+    Image.new("1", (20000, 20000)).save(path, format="PNG")  # 400 MP, a few KB on disk
+    assert "MP limit" in inspect_images([str(path)])["problem"].iloc[0]
+
+
+def test_inspect_accepts_odd_but_valid_photos(tmp_path):
+    paths = []
+    for name, (mode, fmt, size) in {
+        "gray": ("L", "JPEG", (50, 40)), "cmyk": ("CMYK", "JPEG", (50, 40)), "png": ("RGB", "PNG", (50, 40)),
+        "webp": ("RGB", "WEBP", (50, 40)), "pixel": ("RGB", "JPEG", (1, 1)), "wide": ("RGB", "JPEG", (3000, 200)),
+    }.items():
+        paths.append(str(tmp_path / f"{name}.jpg"))
+        Image.new(mode, size).save(paths[-1], format=fmt)
+    assert inspect_images(paths)["problem"].tolist() == [""] * len(paths)
+
+
+def test_training_skips_and_names_unreadable_images(fresh, tmp_path):
+    victim = pd.read_csv(fresh / "labels.csv")["id"].iloc[0]
+    (fresh / "train" / f"{victim}.jpg").write_bytes(b"")
+    run = tmp_path / "run"
+    result = dogbreeds("train", "--data", fresh, *TINY, "--epochs", 1, "--fine-tune-epochs", 0,
+                       "--max-unreadable", 0.05, "--run-dir", run)
+    assert result.returncode == 0, result.stderr
+    assert f"skipping 1 unreadable training images (first: {victim} (empty file (0 bytes)))" in result.stderr
+    skipped = pd.read_csv(run / "skipped_images.csv")
+    assert skipped["id"].tolist() == [victim]
+
+
+def test_training_refuses_when_too_many_images_are_unreadable(fresh, tmp_path):
+    ids = pd.read_csv(fresh / "labels.csv")["id"].head(5)
+    for i in ids:
+        (fresh / "train" / f"{i}.jpg").unlink()
+    result = dogbreeds("train", "--data", fresh, *TINY, "--run-dir", tmp_path / "run")
+    one_error_line(result, "5 of 36 training images", "cannot be read", "(missing)", "--max-unreadable")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "breakage, fragments",
+    [
+        (lambda d: shutil.rmtree(d / "train"), ["train not found", "unzip train.zip"]),
+        (lambda d: (d / "labels.csv").unlink(), ["labels.csv not found", "kaggle competitions download"]),
+        (lambda d: (d / "labels.csv").write_text("id,dog\na,b\n"), ["labels.csv: missing column(s) breed"]),
+        (lambda d: (d / "labels.csv").write_text("id,breed\n"), ["labels.csv has no rows"]),
+    ],
+)
+def test_broken_competition_folders(fresh, tmp_path, breakage, fragments):
+    breakage(fresh)
+    one_error_line(dogbreeds("train", "--data", fresh, *TINY, "--run-dir", tmp_path / "run"), *fragments)
+
+
+def test_without_sample_submission_training_says_what_it_uses(fresh, tmp_path):
+    (fresh / "sample_submission.csv").unlink()
+    result = dogbreeds("train", "--data", fresh, *TINY, "--epochs", 1, "--fine-tune-epochs", 0,
+                       "--run-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert "sample_submission.csv not found: using the sorted breeds of labels.csv" in result.stderr
+    assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["beagle", "pug", "sheltie"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(competition, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    result = dogbreeds("train", "--data", competition, *TINY, "--epochs", 1, "--fine-tune-epochs", 1, "--run-dir", run)
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_submit_stops_on_an_unreadable_test_image_before_writing(tiny_run, competition, tmp_path):
+    data = tmp_path / "copy"
+    shutil.copytree(competition, data)
+    bad_id = pd.read_csv(data / "sample_submission.csv")["id"].iloc[2]
+    (data / "test" / f"{bad_id}.jpg").write_bytes(BROKEN["truncated"]())
+    out = tmp_path / "sub.csv"
+    one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", data, "--out", out), bad_id, "test.zip")
+    assert not out.exists() and not list(tmp_path.glob(".sub*"))
+
+
+def test_submit_refuses_a_run_made_for_other_classes(tiny_run, fresh, tmp_path):
+    sample = pd.read_csv(fresh / "sample_submission.csv")
+    sample.rename(columns={"pug": "corgi"}).to_csv(fresh / "sample_submission.csv", index=False)
+    labels = pd.read_csv(fresh / "labels.csv").replace("pug", "corgi")
+    labels.to_csv(fresh / "labels.csv", index=False)
+    one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", fresh, "--out", tmp_path / "s.csv"),
+                   "differ", "submit with the data it was trained on")
+
+
+def test_run_without_model_or_from_another_version(tiny_run, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_run, broken)
+    (broken / "model.keras").unlink()
+    one_error_line(dogbreeds("submit", "--run", broken), "has no model.keras")
+    config = json.loads((tiny_run / "config.json").read_text())
+    config["run_format"] = 0
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DogbreedsError, match="another run format"):
+        Run(broken).config()
+
+
+def test_a_model_file_with_code_is_not_run(tiny_run, competition, tmp_path):
+    run = tmp_path / "evil"
+    shutil.copytree(tiny_run, run)
+    inputs = keras.Input((48, 48, 3))
+    outputs = keras.layers.Lambda(lambda x: x[:, 0, 0, :])(inputs)  # arbitrary Python in the file
+    keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(outputs)).save(run / "model.keras")
+    one_error_line(dogbreeds("submit", "--run", run, "--data", competition, "--out", tmp_path / "s.csv"),
+                   "cannot be loaded")
+
+
+def test_weights_that_are_not_hdf5(tmp_path):
+    path = tmp_path / "weights.h5"
+    path.write_text("<html>403 Forbidden</html>")
+    with pytest.raises(DogbreedsError, match="is not an HDF5 file"):
+        build_backbone("mobilenet_v2", str(path), 64)
+
+
+def test_out_of_memory_says_which_batch_size_to_try():
+    with pytest.raises(DogbreedsError, match="out of memory at --batch-size 32: try --batch-size 16"):
+        with user_facing_failures(None, 32):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+
+def test_existing_submission_is_never_overwritten_without_force(tiny_run, competition, tmp_path):
+    out = tmp_path / "mine.csv"
+    out.write_text("keep me")
+    one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", competition, "--out", out), "--force")
+    assert out.read_text() == "keep me"
+
+
+# -- interruption: kill a real training process, then resume it ---------------------------
+
+
+def start_training(data, run, epochs, fine_tune_epochs):
+    exe = shutil.which("dogbreeds")
+    command = [exe] if exe else [sys.executable, "-m", "dogbreeds"]
+    args = ["train", "--data", data, *TINY, "--epochs", epochs, "--fine-tune-epochs", fine_tune_epochs,
+            "--patience", 100, "--run-dir", run]
+    return subprocess.Popen([*command, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(run, n, process, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        progress = run / "progress.json"
+        if progress.is_file() and json.loads(progress.read_text())["epoch"] >= n:
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} epochs within {timeout}s")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_training_resumes_from_its_last_epoch(competition, tmp_path, sig):
+    run = tmp_path / "run"
+    process = start_training(competition, run, epochs=3, fine_tune_epochs=12)
+    wait_for_epochs(run, 4, process)  # inside the fine-tuning phase
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    if sig == signal.SIGTERM:
+        assert process.returncode == 130
+        assert f"continue with: dogbreeds train --resume {run}" in stderr
+    before = pd.read_csv(run / "history.csv")
+    done = json.loads((run / "progress.json").read_text())["epoch"]
+    assert len(before) >= done >= 4 and done < 15
+    assert not list(run.glob(".*tmp*")) or sig == signal.SIGKILL  # SIGKILL may cut a write; renames never half-happen
+    best_before = before["val_loss"].head(done).min()
+    assert keras.models.load_model(run / "model.keras")  # the best model so far is intact
+
+    result = dogbreeds("train", "--resume", run)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run} after epoch {done} (fine_tune)" in result.stdout
+    after = pd.read_csv(run / "history.csv")
+    assert after["epoch"].tolist() == list(range(15))  # continued, not restarted, on one axis
+    pd.testing.assert_frame_equal(after.head(done), before.head(done))
+    assert (after["phase"] == "frozen").sum() == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert after["val_loss"].min() <= best_before and metrics["epochs"] == 15
+
+
+def test_resume_needs_a_completed_epoch(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    (run / "config.json").write_text(TrainConfig().to_json())
+    (run / "classes.json").write_text('["a", "b"]')
+    one_error_line(dogbreeds("train", "--resume", run), "no completed epoch to resume from")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = dogbreeds("--debug", "train", "--data", tmp_path / "nowhere")
+    assert result.returncode != 0 and "Traceback" in result.stderr
