@@ -2,7 +2,8 @@
 
 Kaggle scores multi-class log loss, so each row must be a probability distribution over
 the sample_submission columns, in its row order. Probabilities are clipped away from 0 and
-1 (one confident mistake at p=0 would cost infinity) and renormalised.
+1 (one confident mistake at p=0 would cost infinity) and renormalised; when the run holds a
+calibration (`dogbreeds evaluate` fits one), its temperature and floor are applied instead.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from dogbreeds.calibration import EPSILON, Calibration, clip, describe
 from dogbreeds.competition import Competition
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.pipeline import Loader
 from dogbreeds.runs import Run, write_atomic
 from dogbreeds.training import evaluate_probabilities, make_loader
 
-EPSILON = 1e-6
 SUBMISSIONS_DIR = Path("submissions")
 
 
@@ -55,9 +56,16 @@ def predict(model: keras.Model, loader: Loader, paths: list[str], *, tta: bool =
     return np.asarray(model.predict(loader.prediction(paths), verbose=0, callbacks=[progress]), dtype=np.float64)
 
 
-def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
-    p = np.clip(probabilities, epsilon, 1.0 - epsilon)
-    return p / p.sum(axis=1, keepdims=True)
+def load_competition(run: Run, data: str | Path | None = None, *, need_test: bool = False) -> Competition:
+    """The run's competition (or `data`), checked to have the classes the model was trained on."""
+    competition = Competition.load(data if data is not None else run.config().data, need_test=need_test)
+    classes = run.classes()
+    if classes != competition.classes:
+        raise DogbreedsError(
+            f"run {run.path} was trained on {len(classes)} classes that differ from the "
+            f"{len(competition.classes)} of {competition.root}; pass the --data it was trained on"
+        )
+    return competition
 
 
 def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
@@ -80,6 +88,8 @@ class SubmitResult:
     rows: int
     mean_max_probability: float
     top_breeds: list[tuple[str, int]]
+    calibration: Calibration | None  # None: clipped at EPSILON only
+    calibration_note: str
 
 
 def submit(
@@ -90,16 +100,13 @@ def submit(
     tta: bool = True,
     force: bool = False,
     batch_size: int | None = None,
+    calibrate: bool = True,
 ) -> SubmitResult:
     opened = Run.open(run)
     config = opened.config()
-    competition = Competition.load(data if data is not None else config.data, need_test=True)
-    classes = opened.classes()
-    if classes != competition.classes:
-        raise DogbreedsError(
-            f"run {opened.path} was trained on {len(classes)} classes that differ from the "
-            f"{len(competition.classes)} of {competition.root}; submit with the data it was trained on"
-        )
+    competition = load_competition(opened, data, need_test=True)
+    classes = competition.classes
+    calibration = opened.calibration()  # read before predicting: a broken file fails fast
     out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{opened.name}.csv"
     if out.exists() and not force:
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
@@ -112,8 +119,9 @@ def submit(
         )
     if batch_size:
         config.batch_size = batch_size
-    model = keras.models.load_model(opened.file(Run.model_file), safe_mode=True)
-    probabilities = clip(predict(model, make_loader(config), paths, tta=tta, desc="test images"))
+    raw = predict(opened.load_model(), make_loader(config), paths, tta=tta, desc="test images")
+    used = calibration if calibrate else None
+    probabilities = used.apply(raw) if used else clip(raw, EPSILON)
 
     frame = pd.DataFrame(probabilities, columns=classes)
     frame.insert(0, "id", competition.test_ids)
@@ -125,6 +133,8 @@ def submit(
         rows=len(frame),
         mean_max_probability=float(probabilities.max(axis=1).mean()),
         top_breeds=list(winners.items()),
+        calibration=used,
+        calibration_note=describe(used, available=calibration is not None, tta=tta, where=opened.path),
     )
 
 
