@@ -1,7 +1,6 @@
 """Calibration and the evaluation tables, on synthetic and hand-made numbers: no model."""
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
