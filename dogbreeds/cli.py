@@ -23,7 +23,7 @@ from dogbreeds.errors import DogbreedsError, log
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
 
 app = typer.Typer(
-    help="Kaggle Dog Breed Identification: `dogbreeds train`, then `dogbreeds submit`.",
+    help="Kaggle Dog Breed Identification: `dogbreeds train`, `dogbreeds evaluate`, then `dogbreeds submit`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -50,9 +50,13 @@ def _import_tensorflow_quietly() -> None:
                 print(line, file=sys.stderr)
 
 
+LIGHT_COMMANDS = {"runs"}  # read JSON files only: answer at once, without TensorFlow
+
+
 @app.callback()
-def _before_any_command() -> None:
-    _import_tensorflow_quietly()
+def _before_any_command(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand not in LIGHT_COMMANDS:
+        _import_tensorflow_quietly()
 
 
 class LoaderName(str, Enum):
@@ -73,6 +77,13 @@ DataOption = typer.Option(
 )
 DEFAULTS = TrainConfig()  # the competition settings; options show and use these
 RunOption = typer.Option(None, "--run", help="Run folder or name under runs/. Default: the newest run.")
+RunDataOption = typer.Option(None, "--data", help="Competition folder. Default: the run's.")
+TTAOption = typer.Option(True, "--tta/--no-tta", help="Average each image with its mirror.")
+BatchSizeOption = typer.Option(None, "--batch-size", help="Images per prediction step. Default: the run's.")
+CalibrateOption = typer.Option(
+    True, "--calibrate/--no-calibrate",
+    help="Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one.",
+)
 
 
 @app.command()
@@ -135,21 +146,66 @@ def _report_training(result) -> None:
 @app.command()
 def submit(
     run: Optional[str] = RunOption,
-    data: Optional[Path] = typer.Option(None, "--data", help="Competition folder. Default: the run's."),
+    data: Optional[Path] = RunDataOption,
     out: Optional[Path] = typer.Option(None, "--out", help="CSV to write. Default: submissions/<run name>.csv."),
-    tta: bool = typer.Option(True, "--tta/--no-tta", help="Average each image with its mirror."),
+    tta: bool = TTAOption,
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
-    batch_size: Optional[int] = typer.Option(None, help="Images per prediction step. Default: the run's."),
+    batch_size: Optional[int] = BatchSizeOption,
+    calibrate: bool = CalibrateOption,
 ):
     """Predict every test image and write a submission CSV in the sample_submission format."""
     from dogbreeds.submission import submit as write_submission
 
-    result = write_submission(run, data, out, tta=tta, force=force, batch_size=batch_size)
+    result = write_submission(run, data, out, tta=tta, force=force, batch_size=batch_size, calibrate=calibrate)
     top = ", ".join(f"{breed} ({n})" for breed, n in result.top_breeds)
+    typer.echo(result.calibration_note)
     typer.echo(
         f"wrote {result.path}: {result.rows} rows, mean top probability {result.mean_max_probability:.3f}; "
         f"most predicted: {top}"
     )
+
+
+@app.command()
+def evaluate(
+    run: Optional[str] = RunOption,
+    data: Optional[Path] = RunDataOption,
+    tta: bool = TTAOption,
+    batch_size: Optional[int] = BatchSizeOption,
+):
+    """Score the run on its validation split, fit its calibration, and write tables and pictures."""
+    from dogbreeds.evaluation import evaluate as evaluate_run
+
+    typer.echo(evaluate_run(run, data, tta=tta, batch_size=batch_size).text())
+
+
+@app.command()
+def predict(
+    images: list[Path] = typer.Argument(..., help="JPEG or PNG files, or folders of them (searched with sub-folders)."),
+    run: Optional[str] = RunOption,
+    top: int = typer.Option(5, "--top", help="How many breeds to show per image."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, predictions [{breed, probability}]."),
+    tta: bool = TTAOption,
+    calibrate: bool = CalibrateOption,
+    batch_size: Optional[int] = BatchSizeOption,
+):
+    """The most likely breeds of each photo, with probabilities."""
+    from dogbreeds.prediction import predict_images
+
+    result = predict_images(images, run, top=top, tta=tta, calibrate=calibrate, batch_size=batch_size)
+    typer.echo(result.calibration_note, err=as_json)  # stdout stays pure JSON lines
+    for prediction in result.predictions:
+        typer.echo(prediction.to_json() if as_json else prediction.text())
+
+
+@app.command()
+def runs(
+    folder: Path = typer.Option(Path("runs"), "--dir", help="Folder holding the runs."),
+):
+    """List the runs, newest first, with their settings and validation scores."""
+    from dogbreeds.runs import format_runs, list_runs
+
+    rows = list_runs(folder)
+    typer.echo(format_runs(rows) if rows else f"no runs in {folder}/: train one with `dogbreeds train`")
 
 
 @app.command()

@@ -1,4 +1,8 @@
-"""Pictures of a run: loss and accuracy per epoch, both phases on one axis."""
+"""Pictures of a run: training history, confusion matrix, validation examples, reliability.
+
+Each is meant to be read at a glance: a title saying what it shows, labelled axes, a legend,
+and at 120 classes only the names worth reading. Files are written atomically.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,26 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from PIL import Image, ImageOps  # noqa: E402
 
 from dogbreeds.runs import temporary_sibling  # noqa: E402
+
+RIGHT, WRONG = "#1a7f37", "#c62828"  # green and red that stay apart in greyscale print too
+
+
+def _save(fig, out: Path, dpi: int = 100) -> Path:
+    tmp = temporary_sibling(out)
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        tmp.replace(out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return out
 
 
 def plot_history(log: pd.DataFrame, out: Path, title: str = "") -> Path:
@@ -30,8 +51,138 @@ def plot_history(log: pd.DataFrame, out: Path, title: str = "") -> Path:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = temporary_sibling(out)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return _save(fig, out)
+
+
+def plot_confusion(
+    matrix: np.ndarray,
+    classes: list[str],
+    out: Path,
+    *,
+    title: str = "",
+    pairs: list[tuple[str, str]] = (),
+    label_worst: int = 20,
+) -> Path:
+    """Row-normalised confusion matrix, breeds sorted worst accuracy first.
+
+    Up to 40 classes every breed is named; beyond that only the `label_worst` worst breeds
+    and those of `pairs` (the most-confused pairs, whose cells are framed) are, so the names
+    stay legible. A square-root colour scale keeps the few-image mistakes visible.
+    """
+    n = len(classes)
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.nan_to_num(matrix / totals[:, None])
+    accuracy = np.where(totals > 0, np.diag(share), np.nan)  # a breed with no images has none
+    order = np.lexsort((np.arange(n), np.nan_to_num(accuracy, nan=2.0)))  # worst first, empty rows last
+    shown = share[np.ix_(order, order)]
+    if n <= 40:
+        labelled = np.arange(n)
+    else:
+        wanted = {breed for pair in pairs for breed in pair}
+        labelled = np.array([i for i, c in enumerate(order) if i < label_worst or classes[c] in wanted])
+    size = 6 + n * 0.06
+    fig, ax = plt.subplots(figsize=(size + 2.5, size))
+    image = ax.imshow(shown, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1), interpolation="nearest")
+    font = 9 if n <= 20 else 7 if n <= 40 else 6.5
+    names = [f"{c} ({a:.0%})" if totals[i] else f"{c} (no images)" for i, (c, a) in enumerate(zip(classes, accuracy))]
+    ax.set_yticks(labelled, [names[order[i]] for i in labelled], fontsize=font)
+    ax.set_xticks(labelled, [classes[order[i]] for i in labelled], fontsize=font, rotation=90)
+    if n <= 15:
+        counts = matrix[np.ix_(order, order)]
+        for (row, col), count in np.ndenumerate(counts):
+            if count:
+                ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
+                        color="white" if shown[row, col] > 0.5 else "black")
+    position = {c: i for i, c in enumerate(order)}
+    index = {breed: i for i, breed in enumerate(classes)}
+    framed = False
+    for a, b in pairs:
+        for row, col in ((index[a], index[b]), (index[b], index[a])):
+            if matrix[row, col]:
+                ax.add_patch(Rectangle((position[col] - 0.5, position[row] - 0.5), 1, 1, fill=False,
+                                       edgecolor=WRONG, linewidth=1.5, label=None if framed else f"the {len(pairs)} most-confused pair{'s' if len(pairs) > 1 else ''}"))
+                framed = True
+    if framed:  # in the figure's free bottom-left corner, where it hides no cell and no name
+        fig.legend(loc="lower left", fontsize=9, frameon=False)
+    note = "" if n <= 40 else f"; named: the {label_worst} worst breeds and those of the most-confused pairs"
+    ax.set_xlabel(f"predicted breed{note}")
+    ax.set_ylabel("true breed (accuracy), worst first")
+    ax.set_title(title or f"Confusion matrix, {int(matrix.sum())} validation images", loc="left")
+    bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
+    bar.set_label("share of the true breed's images (square-root scale)")
+    fig.tight_layout(rect=(0, 0.03 if framed else 0, 1, 1))
+    return _save(fig, out, dpi=140 if n > 40 else 100)
+
+
+def _thumbnail(path: str, size: int = 256) -> Image.Image:
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+        image.thumbnail((size, size))
+        return image
+
+
+def plot_examples(
+    paths: list[str],
+    truth: list[str],
+    truth_probability: np.ndarray,
+    predicted: list[str],
+    predicted_probability: np.ndarray,
+    out: Path,
+    *,
+    title: str = "",
+    columns: int = 6,
+) -> Path:
+    """A grid of images, each titled with its true and predicted breed and their probabilities."""
+    rows = max(1, -(-len(paths) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 3.0 * rows + 0.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, path, t, tp, p, pp in zip(axes.flat, paths, truth, truth_probability, predicted, predicted_probability):
+        ax.imshow(_thumbnail(path))
+        right = t == p
+        label = f"true and predicted:\n{t} ({pp:.0%})" if right else f"true: {t} ({tp:.0%})\npredicted: {p} ({pp:.0%})"
+        ax.set_title(label, fontsize=8.5, color=RIGHT if right else WRONG)
+        for spine in ax.spines.values():
+            spine.set(visible=True, color=RIGHT if right else WRONG, linewidth=3)
+        ax.set(xticks=[], yticks=[])
+        ax.axis("on")
+    fig.legend(
+        handles=[Patch(color=WRONG, label="wrong prediction"), Patch(color=RIGHT, label="right prediction")],
+        loc="upper right", ncol=2, fontsize=9, frameon=False,
+    )
+    fig.suptitle(title, x=0.01, ha="left", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * rows + 0.9)))
+    return _save(fig, out)
+
+
+def plot_reliability(curves: dict[str, dict], out: Path, *, title: str = "") -> Path:
+    """Accuracy against confidence per bin for each labelled set of predictions, and the counts.
+
+    `curves` maps a label ("before calibration") to `calibration.reliability(...)`'s result.
+    """
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(7, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
+    )
+    top.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    width = 1.0 / (len(next(iter(curves.values()))["count"]) * (len(curves) + 1))
+    for k, (label, bins) in enumerate(curves.items()):
+        count = bins["count"]
+        # A bin of two images says little: it gets a small dot and no say in the line.
+        solid = count >= max(5, 0.01 * count.sum())
+        line, = top.plot(bins["confidence"][solid], bins["accuracy"][solid], "-", label=f"{label}, ECE {bins['ece']:.3f}")
+        seen = count > 0
+        top.scatter(bins["confidence"][seen], bins["accuracy"][seen], s=12 + 200 * count[seen] / count.max(),
+                    color=line.get_color(), alpha=0.8, zorder=3)
+        left = bins["edges"][:-1] + width * (k + 0.5)
+        bottom.bar(left, count, width=width, align="edge", color=line.get_color(), label=label)
+    top.set(ylabel="accuracy of the predictions in the bin", xlim=(0, 1), ylim=(0, 1.02),
+            title=title or "Reliability: is a prediction made with confidence p right p of the time?")
+    top.text(0.01, 0.98, "dot area: images in the bin", transform=top.transAxes, va="top", fontsize=8, color="grey")
+    top.grid(alpha=0.3)
+    top.legend(loc="lower right")  # the corner a reliability curve never reaches
+    bottom.set(xlabel="confidence (probability of the predicted breed), bins of 0.1", ylabel="images")
+    bottom.grid(alpha=0.3, axis="y")
+    bottom.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out)

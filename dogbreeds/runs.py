@@ -54,6 +54,12 @@ class Run:
     log_file = "history.csv"
     plot_file = "history.png"
     metrics_file = "metrics.json"
+    calibration_file = "calibration.json"
+    evaluation_file = "evaluation.json"
+    evaluation_report = "evaluation.md"
+    confusion_plot = "confusion.png"
+    examples_plot = "examples.png"
+    reliability_plot = "reliability.png"
 
     @property
     def name(self) -> str:
@@ -109,9 +115,80 @@ class Run:
     def classes(self) -> list[str]:
         return json.loads(self.file(self.classes_file).read_text())
 
+    def load_model(self):
+        """The best model, in Keras safe mode: a model file cannot run arbitrary code.
+
+        Keras is imported here so that listing runs stays instant.
+        """
+        import keras
+
+        try:
+            return keras.models.load_model(self.file(self.model_file), safe_mode=True)
+        except (OSError, ValueError) as error:
+            raise DogbreedsError(
+                f"{self.file(self.model_file)} cannot be loaded ({str(error).splitlines()[0][:160]}); "
+                "train the run again"
+            ) from None
+
+    def calibration(self):
+        """The calibration `dogbreeds evaluate` fitted, or None before it ran."""
+        from dogbreeds.calibration import Calibration
+
+        return Calibration.load(self.file(self.calibration_file))
+
     def save_metrics(self, metrics: dict) -> None:
         write_atomic(self.file(self.metrics_file), json.dumps(metrics, indent=2))
 
     def metrics(self) -> dict:
         path = self.file(self.metrics_file)
         return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def list_runs(folder: Path = RUNS_DIR) -> list[dict]:
+    """Every run under `folder`, newest first; raw JSON, so a run from another version still lists."""
+    rows = []
+    for path in (p for p in folder.glob("*") if p.is_dir() and (p / Run.config_file).is_file()):
+        config = _read_json(path / Run.config_file)
+        model = path / Run.model_file
+        metrics = _read_json(path / Run.metrics_file)
+        evaluation = _read_json(path / Run.evaluation_file)
+        rows.append({
+            "name": path.name,
+            "backbone": config.get("backbone", "?"),
+            "method": config.get("method", "finetune"),
+            "image_size": config.get("image_size", "?"),
+            "date": datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
+            "finished": model.is_file(),
+            "val_log_loss": metrics.get("val_log_loss"),
+            "val_accuracy": metrics.get("val_accuracy"),
+            "calibrated_log_loss": evaluation.get("log_loss_calibrated"),
+        })
+    return sorted(rows, key=lambda row: row["date"], reverse=True)
+
+
+def format_runs(rows: list[dict]) -> str:
+    """The table `dogbreeds runs` prints."""
+    header = ["run", "backbone", "method", "size", "date", "val log loss", "val accuracy", "calibrated log loss"]
+    table = [header]
+    for row in rows:
+        table.append([
+            row["name"], str(row["backbone"]), str(row["method"]), str(row["image_size"]),
+            row["date"].strftime("%Y-%m-%d %H:%M") if row["finished"] else "unfinished",
+            f"{row['val_log_loss']:.4f}" if row["val_log_loss"] is not None else "-",
+            f"{row['val_accuracy']:.2%}" if row["val_accuracy"] is not None else "-",
+            f"{row['calibrated_log_loss']:.4f}" if row["calibrated_log_loss"] is not None else "-",
+        ])
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    right = {3, 5, 6, 7}
+    return "\n".join(
+        "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+        for r in table
+    )

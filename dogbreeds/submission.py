@@ -2,7 +2,8 @@
 
 Kaggle scores multi-class log loss, so each row must be a probability distribution over
 the sample_submission columns, in its row order. Probabilities are clipped away from 0 and
-1 (one confident mistake at p=0 would cost infinity) and renormalised.
+1 (one confident mistake at p=0 would cost infinity) and renormalised; when the run holds a
+calibration (`dogbreeds evaluate` fits one), its temperature and floor are applied instead.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from dogbreeds.calibration import EPSILON, Calibration, clip, describe
 from dogbreeds.competition import Competition
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.pipeline import Loader, inspect_images
 from dogbreeds.runs import Run, write_atomic
 from dogbreeds.training import evaluate_probabilities, make_loader, user_facing_failures
 
-EPSILON = 1e-6
 SUBMISSIONS_DIR = Path("submissions")
 
 
@@ -72,9 +73,20 @@ def readable_test_images(competition: Competition) -> pd.DataFrame:
     return report
 
 
-def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
-    p = np.clip(probabilities, epsilon, 1.0 - epsilon)
-    return p / p.sum(axis=1, keepdims=True)
+def load_competition(run: Run, data: str | Path | None = None, *, need_test: bool = False) -> Competition:
+    """The run's competition (or `data`), checked to have the classes the model was trained on."""
+    competition = Competition.load(data if data is not None else run.config().data, need_test=need_test)
+    check_classes(run, competition)
+    return competition
+
+
+def check_classes(run: Run, competition: Competition) -> None:
+    classes = run.classes()
+    if classes != competition.classes:
+        raise DogbreedsError(
+            f"run {run.path} was trained on {len(classes)} classes that differ from the "
+            f"{len(competition.classes)} of {competition.root}; pass the --data it was trained on"
+        )
 
 
 def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
@@ -91,22 +103,14 @@ def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) ->
         raise DogbreedsError("submission rows are not probability distributions; this is a bug, please report it")
 
 
-def load_model(run: Run) -> keras.Model:
-    """The run's best model, in Keras safe mode: a model file cannot run arbitrary code."""
-    try:
-        return keras.models.load_model(run.file(Run.model_file), safe_mode=True)
-    except (OSError, ValueError) as error:
-        raise DogbreedsError(
-            f"{run.file(Run.model_file)} cannot be loaded ({str(error)[:160]}); train the run again"
-        ) from None
-
-
 @dataclass
 class SubmitResult:
     path: Path
     rows: int
     mean_max_probability: float
     top_breeds: list[tuple[str, int]]
+    calibration: Calibration | None  # None: clipped at EPSILON only
+    calibration_note: str
 
 
 def submit(
@@ -117,25 +121,23 @@ def submit(
     tta: bool = True,
     force: bool = False,
     batch_size: int | None = None,
+    calibrate: bool = True,
 ) -> SubmitResult:
     opened = Run.open(run)
     config = opened.config()
-    competition = Competition.load(data if data is not None else config.data, need_test=True)
-    classes = opened.classes()
-    if classes != competition.classes:
-        raise DogbreedsError(
-            f"run {opened.path} was trained on {len(classes)} classes that differ from the "
-            f"{len(competition.classes)} of {competition.root}; submit with the data it was trained on"
-        )
+    competition = load_competition(opened, data, need_test=True)
+    classes = competition.classes
+    calibration = opened.calibration()  # read before predicting: a broken file fails fast
     out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{opened.name}.csv"
     if out.exists() and not force:
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
     images = readable_test_images(competition)
     if batch_size:
         config.batch_size = batch_size
-    model = load_model(opened)
     with user_facing_failures(None, config.batch_size):
-        probabilities = clip(predict(model, make_loader(config), images, tta=tta, desc="test images"))
+        raw = predict(opened.load_model(), make_loader(config), images, tta=tta, desc="test images")
+    used = calibration if calibrate else None
+    probabilities = used.apply(raw) if used else clip(raw, EPSILON)
 
     frame = pd.DataFrame(probabilities, columns=classes)
     frame.insert(0, "id", competition.test_ids)
@@ -147,6 +149,8 @@ def submit(
         rows=len(frame),
         mean_max_probability=float(probabilities.max(axis=1).mean()),
         top_breeds=list(winners.items()),
+        calibration=used,
+        calibration_note=describe(used, available=calibration is not None, tta=tta, where=opened.path),
     )
 
 

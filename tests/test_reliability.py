@@ -1,7 +1,6 @@
 """Bad input gets one clear line and a non-zero exit; interrupted work resumes; nothing half-written."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -9,13 +8,12 @@ import sys
 import time
 
 import keras
-import numpy as np
 import pandas as pd
 import pytest
 import tensorflow as tf
+from conftest import dogbreeds
 from PIL import Image
 
-from conftest import dogbreeds
 from dogbreeds.config import TrainConfig
 from dogbreeds.demo import make_competition
 from dogbreeds.errors import DogbreedsError

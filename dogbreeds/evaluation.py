@@ -1,0 +1,292 @@
+"""`dogbreeds evaluate`: where the model goes wrong on the validation split, and a calibration.
+
+The split is recomputed exactly as training made it (same config, same seed), so these are
+the images the model was selected on but never trained on. Everything lands in the run
+folder: evaluation.json and evaluation.md (figures and tables), confusion.png, examples.png,
+reliability.png, and calibration.json, which `submit` and `predict` then apply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dogbreeds import calibration as calibrating
+from dogbreeds.calibration import EPSILON, Calibration, clip, reliability
+from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
+from dogbreeds.runs import Run, write_atomic
+from dogbreeds.submission import check_classes, predict
+from dogbreeds.training import make_loader, prepare_data
+
+EXAMPLES = 24
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    return np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, probabilities.shape[1])
+    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
+    return float(np.mean((top == labels[:, None]).any(axis=1)))
+
+
+def confused_pairs(matrix: np.ndarray, classes: list[str], top: int = 10) -> pd.DataFrame:
+    """The pairs of breeds most often mistaken for each other, both directions counted.
+
+    breed_a is the one more often taken for breed_b; a_as_b + b_as_a = mistakes.
+    """
+    rows = []
+    n = len(classes)
+    for i in range(n):
+        for j in range(i + 1, n):
+            total = int(matrix[i, j] + matrix[j, i])
+            if total:
+                a, b = (i, j) if matrix[i, j] >= matrix[j, i] else (j, i)
+                rows.append((classes[a], classes[b], total, int(matrix[a, b]), int(matrix[b, a])))
+    frame = pd.DataFrame(rows, columns=["breed_a", "breed_b", "mistakes", "a_as_b", "b_as_a"])
+    frame = frame.sort_values(["mistakes", "a_as_b", "breed_a", "breed_b"], ascending=[False, False, True, True])
+    return frame.head(top).reset_index(drop=True)
+
+
+def per_breed_table(probabilities: np.ndarray, labels: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per breed with validation images: accuracy, log loss, and its usual mistake."""
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    picked = -np.log(np.maximum(probabilities[np.arange(len(labels)), labels], 1e-40))
+    rows = []
+    for c, breed in enumerate(classes):
+        members = labels == c
+        if not members.any():
+            continue
+        wrong = matrix[c].copy()
+        wrong[c] = 0
+        rows.append({
+            "breed": breed,
+            "images": int(members.sum()),
+            "correct": int(matrix[c, c]),
+            "accuracy": float(matrix[c, c] / members.sum()),
+            "log_loss": float(picked[members].mean()),
+            "mistaken_for": classes[int(wrong.argmax())] if wrong.any() else "",
+            "mistaken_times": int(wrong.max()),
+        })
+    frame = pd.DataFrame(rows)
+    return frame.sort_values(["accuracy", "log_loss", "breed"], ascending=[True, False, True]).reset_index(drop=True)
+
+
+def example_order(
+    labels: np.ndarray, probabilities: np.ndarray, n: int = EXAMPLES, right_at_least: int = 6, seed: int = 0
+) -> np.ndarray:
+    """Indices to show: mistakes first, most confident first; then right ones at random.
+
+    A few right ones always come last (when there are any), to show what the model gets right.
+    """
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+    right = np.random.default_rng(seed).permutation(np.flatnonzero(predicted == labels))
+    wrong = wrong[: max(n - min(right_at_least, len(right)), 0)]
+    return np.concatenate([wrong, right])[:n]
+
+
+@dataclass
+class Evaluation:
+    run: Run
+    summary: dict
+    per_breed: pd.DataFrame
+    pairs: pd.DataFrame
+    calibration: Calibration
+    files: list[Path] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                **self.summary,
+                "calibration": json.loads(self.calibration.to_json()),
+                "most_confused_pairs": self.pairs.to_dict(orient="records"),
+                "per_breed": self.per_breed.to_dict(orient="records"),
+            },
+            indent=2,
+        )
+
+    def text(self, worst: int = 15, pairs: int = 10) -> str:
+        """What `dogbreeds evaluate` prints: the figures, the worst breeds, the confused pairs."""
+        s, c = self.summary, self.calibration
+        lines = [
+            f"run {self.run.path}, {s['images']} validation images, TTA {'on' if s['tta'] else 'off'}",
+            f"  log loss {s['log_loss']:.4f} (uniform guess {s['uniform_log_loss']:.4f}), "
+            f"accuracy {s['accuracy']:.2%}, top-5 accuracy {s['top5_accuracy']:.2%}",
+            f"  calibration: temperature {c.temperature:.3f}, floor {c.floor:g}: log loss "
+            f"{c.log_loss_before:.4f} -> {c.log_loss_after:.4f} "
+            f"(cross-validated on halves: {c.log_loss_after_cross_validated:.4f}), "
+            f"ECE {s['ece_before']:.3f} -> {s['ece_after']:.3f}",
+            "",
+            f"per-breed accuracy, worst {min(worst, len(self.per_breed))} of {len(self.per_breed)} "
+            f"(all in {self.run.file(Run.evaluation_report)}):",
+            _table(self.per_breed.head(worst), PER_BREED_COLUMNS, markdown=False),
+            "",
+            "most-confused pairs:",
+            _table(self.pairs.head(pairs), PAIR_COLUMNS, markdown=False) if len(self.pairs) else "  (no mistakes)",
+            "",
+            f"wrote {', '.join(p.name for p in self.files)} in {self.run.path}",
+        ]
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        s, c = self.summary, self.calibration
+        figures = [
+            ("validation images", f"{s['images']}"),
+            ("TTA (image and mirror)", "on" if s["tta"] else "off"),
+            ("log loss", f"{s['log_loss']:.4f}"),
+            ("log loss, uniform guess", f"{s['uniform_log_loss']:.4f}"),
+            ("accuracy", f"{s['accuracy']:.2%}"),
+            ("top-5 accuracy", f"{s['top5_accuracy']:.2%}"),
+        ]
+        calibration = [
+            ("temperature", f"{c.temperature:.3f}"),
+            ("probability floor", f"{c.floor:g}"),
+            (f"log loss before (T = 1, floor {EPSILON:g})", f"{c.log_loss_before:.4f}"),
+            ("log loss after", f"{c.log_loss_after:.4f}"),
+            ("log loss after, cross-validated (fit on one half, score the other)", f"{c.log_loss_after_cross_validated:.4f}"),
+            ("expected calibration error before / after", f"{s['ece_before']:.3f} / {s['ece_after']:.3f}"),
+        ]
+        return "\n".join([
+            f"# Evaluation of {self.run.name}",
+            "",
+            f"{s['date']}, data {s['data']}: the validation split training held out "
+            f"(val_split {s['val_split']}, seed {s['seed']}).",
+            "",
+            _table(pd.DataFrame(figures, columns=["", "value"]), ["", "value"]),
+            "",
+            "## Calibration",
+            "",
+            "Fitted on these images and saved in calibration.json; `dogbreeds submit` and "
+            "`dogbreeds predict` apply it (`--no-calibrate` to not). The per-breed log loss below is calibrated.",
+            "",
+            _table(pd.DataFrame(calibration, columns=["", "value"]), ["", "value"]),
+            "",
+            "![reliability](reliability.png)",
+            "",
+            "## Most-confused pairs",
+            "",
+            "`a_as_b`: images of breed_a predicted as breed_b; `b_as_a` the other way.",
+            "",
+            _table(self.pairs, PAIR_COLUMNS) if len(self.pairs) else "No mistakes.",
+            "",
+            "![confusion matrix](confusion.png)",
+            "",
+            "## Validation images, mistakes first",
+            "",
+            "![examples](examples.png)",
+            "",
+            "## Per-breed accuracy, worst first",
+            "",
+            _table(self.per_breed, PER_BREED_COLUMNS),
+            "",
+        ])
+
+
+PER_BREED_COLUMNS = ["breed", "images", "correct", "accuracy", "log_loss", "mistaken_for", "mistaken_times"]
+PAIR_COLUMNS = ["breed_a", "breed_b", "mistakes", "a_as_b", "b_as_a"]
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if not math.isnan(value) else ""
+    return str(value)
+
+
+def _table(frame: pd.DataFrame, columns: list[str], *, markdown: bool = True) -> str:
+    cells = [[_cell(v) for v in row] for row in frame[columns].itertuples(index=False)]
+    if markdown:
+        lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(columns)]
+    return "\n".join(
+        "  " + "  ".join(v.rjust(w) if v[:1].isdigit() else v.ljust(w) for v, w in zip(row, widths))
+        for row in [columns, *cells]
+    )
+
+
+def evaluate(
+    run: str | Path | None = None, data: str | Path | None = None, *, tta: bool = True, batch_size: int | None = None
+) -> Evaluation:
+    opened = Run.open(run)
+    config = opened.config()
+    if data is not None:
+        config.data = str(data)
+    prepared = prepare_data(config)  # the very split training held out, unreadable images left out
+    competition, val = prepared.competition, prepared.val
+    check_classes(opened, competition)
+    classes = competition.classes
+    if batch_size:
+        config.batch_size = batch_size
+    raw = predict(opened.load_model(), make_loader(config), val, tta=tta, desc="validation images")
+    labels = val["label"].to_numpy()
+    calibration = calibrating.fit(raw, labels, tta=tta, seed=config.seed)
+    before, after = clip(raw, EPSILON), calibration.apply(raw)
+    predicted = before.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, len(classes))
+    pairs = confused_pairs(matrix, classes)
+    bins_before, bins_after = reliability(before, labels), reliability(after, labels)
+    summary = {
+        "run": str(opened.path),
+        "data": str(competition.root),
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "val_split": config.val_split,
+        "seed": config.seed,
+        "limit": config.limit,
+        "tta": tta,
+        "images": len(labels),
+        "classes": len(classes),
+        "log_loss": calibration.log_loss_before,
+        "log_loss_calibrated": calibration.log_loss_after,
+        "uniform_log_loss": math.log(len(classes)),
+        "accuracy": float(np.mean(predicted == labels)),
+        "top5_accuracy": top_k_accuracy(before, labels, 5),
+        "ece_before": bins_before["ece"],
+        "ece_after": bins_after["ece"],
+    }
+    result = Evaluation(opened, summary, per_breed_table(after, labels, classes), pairs, calibration)
+
+    plot_confusion(
+        matrix, classes, opened.file(Run.confusion_plot),
+        title=f"Confusion matrix of {opened.name}: {len(labels)} validation images, accuracy {summary['accuracy']:.1%}",
+        pairs=list(zip(pairs["breed_a"].head(5), pairs["breed_b"].head(5))),
+    )
+    shown = example_order(labels, after, seed=config.seed)
+    n_wrong = int((predicted[shown] != labels[shown]).sum())
+    plot_examples(
+        val["path"].iloc[shown].tolist(),
+        [classes[i] for i in labels[shown]],
+        after[shown, labels[shown]],
+        [classes[i] for i in predicted[shown]],
+        after[shown].max(axis=1),
+        opened.file(Run.examples_plot),
+        title=f"{opened.name}, validation images: {n_wrong} of the {int((predicted != labels).sum())} mistakes "
+        f"(most confident first), then {len(shown) - n_wrong} right predictions at random; calibrated probabilities",
+    )
+    plot_reliability(
+        {f"before calibration: log loss {calibration.log_loss_before:.3f}": bins_before,
+         f"after (T = {calibration.temperature:.2f}, floor {calibration.floor:g}): "
+         f"log loss {calibration.log_loss_after:.3f}": bins_after},
+        opened.file(Run.reliability_plot),
+        title=f"Reliability of {opened.name} on {len(labels)} validation images",
+    )
+    result.files = [opened.file(name) for name in (Run.confusion_plot, Run.examples_plot, Run.reliability_plot)]
+    for name, text in (
+        (Run.evaluation_file, result.to_json()),
+        (Run.evaluation_report, result.markdown()),
+        (Run.calibration_file, calibration.to_json()),
+    ):
+        write_atomic(opened.file(name), text)
+        result.files.append(opened.file(name))
+    return result
