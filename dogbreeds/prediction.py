@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from dogbreeds.calibration import EPSILON, clip, describe
 from dogbreeds.errors import DogbreedsError
@@ -42,6 +43,20 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
         else:
             raise DogbreedsError(f"{given} not found: pass JPEG or PNG files, or folders of them")
     return paths
+
+
+def checked_images(paths: list[Path]) -> pd.DataFrame:
+    """Every file's header read once, so that a broken one is named before any prediction."""
+    images = inspect_images([str(p) for p in paths])
+    broken = images[images["problem"] != ""]
+    if len(broken):
+        first = broken.iloc[0]
+        raise DogbreedsError(
+            f"{first['path']} is not a readable image ({first['problem']})"
+            + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+            + "; pass JPEG, PNG, GIF, BMP or WebP files"
+        )
+    return images
 
 
 @dataclass
@@ -78,15 +93,7 @@ def predict_images(
         raise DogbreedsError(f"--top must be at least 1, got {top}")
     opened = Run.open(run)
     paths = image_paths(inputs)
-    images = inspect_images([str(p) for p in paths])
-    broken = images[images["problem"] != ""]
-    if len(broken):
-        first = broken.iloc[0]
-        raise DogbreedsError(
-            f"{first['path']} is not a readable image ({first['problem']})"
-            + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
-            + "; pass JPEG, PNG, GIF, BMP or WebP files"
-        )
+    images = checked_images(paths)
     config = opened.config()
     classes = opened.classes()
     calibration = opened.calibration()

@@ -168,11 +168,10 @@ def test_predict_applies_the_calibration(hot_run, tmp_path):
 )
 def test_predict_bad_path_is_one_clear_line(make, message, tmp_path):
     from dogbreeds.errors import DogbreedsError
-    from dogbreeds.prediction import check_image, image_paths
+    from dogbreeds.prediction import checked_images, image_paths
 
     with pytest.raises(DogbreedsError, match=message):
-        for path in image_paths([make(tmp_path)]):
-            check_image(path)
+        checked_images(image_paths([make(tmp_path)]))
 
 
 def test_predict_bad_path_through_the_console_script(evaluated, tmp_path):

@@ -149,7 +149,7 @@ def test_submit_refuses_a_run_made_for_other_classes(tiny_run, fresh, tmp_path):
     labels = pd.read_csv(fresh / "labels.csv").replace("pug", "corgi")
     labels.to_csv(fresh / "labels.csv", index=False)
     one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", fresh, "--out", tmp_path / "s.csv"),
-                   "differ", "submit with the data it was trained on")
+                   "differ", "pass the --data it was trained on")
 
 
 def test_run_without_model_or_from_another_version(tiny_run, tmp_path):
