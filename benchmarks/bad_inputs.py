@@ -51,7 +51,9 @@ def main() -> None:
         return d / "test" / f"{first_test}.jpg"
 
     def save(path: Path, mode: str, fmt: str, size=(48, 48), **kw):
-        Image.new(mode, size, 128 if mode in ("L", "1", "I;16") else (200, 60, 30)[: len(mode)]).save(path, format=fmt, **kw)
+        Image.new(mode, size, 128 if mode in ("L", "1", "I;16") else (200, 60, 30)[: len(mode)]).save(
+            path, format=fmt, **kw
+        )
 
     def rename_breed(d: Path, old: str, new: str, count: int = -1, add_column: bool = False):
         labels = (d / "labels.csv").read_text()
@@ -73,12 +75,16 @@ def main() -> None:
         "labels.csv without a breed column": lambda d: (d / "labels.csv").write_text("id,dog\na,pug\n"),
         "empty labels.csv": lambda d: (d / "labels.csv").write_text(""),
         "labels.csv header only": lambda d: (d / "labels.csv").write_text("id,breed\n"),
-        "duplicate ids": lambda d: (d / "labels.csv").write_text((d / "labels.csv").read_text() + f"{first_train},pug\n"),
+        "duplicate ids": lambda d: (d / "labels.csv").write_text(
+            (d / "labels.csv").read_text() + f"{first_train},pug\n"
+        ),
         "id escaping the folder": lambda d: (d / "labels.csv").write_text("id,breed\n../../etc/passwd,pug\n"),
         "breed not in sample_submission": lambda d: (d / "labels.csv").write_text(
-            (d / "labels.csv").read_text().replace(",pug", ",corgi", 1)),
-        "sample column with no training image": lambda d: pd.read_csv(d / "sample_submission.csv").assign(
-            corgi=0.1).to_csv(d / "sample_submission.csv", index=False),
+            (d / "labels.csv").read_text().replace(",pug", ",corgi", 1)
+        ),
+        "sample column with no training image": lambda d: (
+            pd.read_csv(d / "sample_submission.csv").assign(corgi=0.1).to_csv(d / "sample_submission.csv", index=False)
+        ),
         "a breed with a single image": lambda d: rename_breed(d, "pug", "akita", count=1, add_column=True),
         "one image missing": lambda d: train_image(d).unlink(),
         "all images missing": lambda d: [p.unlink() for p in (d / "train").iterdir()],
@@ -97,15 +103,21 @@ def main() -> None:
     for case, breakage in train_cases.items():
         data = copy()
         breakage(data)
-        code, shown = run("train", "--data", data, *TINY, "--max-unreadable", "0.05",
-                          "--run-dir", data.parent / "run")
+        code, shown = run("train", "--data", data, *TINY, "--max-unreadable", "0.05", "--run-dir", data.parent / "run")
         rows.append((f"train: {case}", shown, code))
 
     weights = base / "not-hdf5.h5"
     weights.write_text("<html>403</html>")
     other = base / "other.weights.h5"
-    subprocess.run(["python", "-c", f"from dogbreeds.models import build_backbone; "
-                    f"build_backbone('tiny_cnn', 'none', 64).save_weights('{other}')"], check=True)
+    subprocess.run(
+        [
+            "python",
+            "-c",
+            f"from dogbreeds.models import build_backbone; "
+            f"build_backbone('tiny_cnn', 'none', 64).save_weights('{other}')",
+        ],
+        check=True,
+    )
     for case, args in {
         "--weights PATH that does not exist": ["--weights", base / "nope.h5"],
         "--weights PATH not HDF5": ["--weights", weights],

@@ -56,6 +56,7 @@ def fit_temperature(
 
     The loss is convex in 1/T, hence unimodal in log T, so the search finds the minimum.
     """
+
     def loss(log_t: float) -> float:
         return log_loss(apply_temperature(probabilities, math.exp(log_t)), labels)
 
@@ -136,7 +137,9 @@ class Calibration:
         try:
             raw = json.loads(path.read_text())
             calibration = cls(**{k: float("nan") if v is None else v for k, v in raw.items()})
-            valid = math.isfinite(calibration.temperature) and calibration.temperature > 0 and 0 < calibration.floor < 0.5
+            valid = (
+                math.isfinite(calibration.temperature) and calibration.temperature > 0 and 0 < calibration.floor < 0.5
+            )
         except (ValueError, TypeError, AttributeError) as error:
             raise DogbreedsError(
                 f"{path} is not a calibration file ({error}); run `dogbreeds evaluate` again to rewrite it"

@@ -72,8 +72,10 @@ class Precision(str, Enum):
 
 
 DataOption = typer.Option(
-    None, "--data", help="Competition folder (labels.csv, train/, test/). Default: $DOGBREEDS_DATA, "
-    "/kaggle/input/dog-breed-identification, ./data."
+    None,
+    "--data",
+    help="Competition folder (labels.csv, train/, test/). Default: $DOGBREEDS_DATA, "
+    "/kaggle/input/dog-breed-identification, ./data.",
 )
 DEFAULTS = TrainConfig()  # the competition settings; options show and use these
 RunOption = typer.Option(None, "--run", help="Run folder or name under runs/. Default: the newest run.")
@@ -81,7 +83,8 @@ RunDataOption = typer.Option(None, "--data", help="Competition folder. Default: 
 TTAOption = typer.Option(True, "--tta/--no-tta", help="Average each image with its mirror.")
 BatchSizeOption = typer.Option(None, "--batch-size", help="Images per prediction step. Default: the run's.")
 CalibrateOption = typer.Option(
-    True, "--calibrate/--no-calibrate",
+    True,
+    "--calibrate/--no-calibrate",
     help="Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one.",
 )
 
@@ -97,9 +100,13 @@ def train(
     fine_tune_epochs: int = typer.Option(DEFAULTS.fine_tune_epochs, help="Epochs fine-tuning the backbone after that."),
     fine_tune_layers: Optional[int] = typer.Option(None, help="Unfreeze only the top N backbone layers. Default: all."),
     learning_rate: float = typer.Option(DEFAULTS.learning_rate, help="Adam learning rate of the frozen phase."),
-    fine_tune_learning_rate: Optional[float] = typer.Option(None, help="Learning rate of fine-tuning. Default: a tenth of --learning-rate."),
+    fine_tune_learning_rate: Optional[float] = typer.Option(
+        None, help="Learning rate of fine-tuning. Default: a tenth of --learning-rate."
+    ),
     dropout: float = typer.Option(DEFAULTS.dropout, help="Dropout before the classifier."),
-    hidden_units: int = typer.Option(DEFAULTS.hidden_units, help="Width of an extra hidden Dense layer in the head (0: none)."),
+    hidden_units: int = typer.Option(
+        DEFAULTS.hidden_units, help="Width of an extra hidden Dense layer in the head (0: none)."
+    ),
     val_split: float = typer.Option(DEFAULTS.val_split, help="Share of labelled images held out, stratified by breed."),
     seed: int = typer.Option(DEFAULTS.seed, help="Seed of the split, the shuffling and the augmentation."),
     limit: Optional[int] = typer.Option(None, help="Use a stratified subset of N labelled images (quick trial)."),
@@ -109,10 +116,18 @@ def train(
     rotation: float = typer.Option(DEFAULTS.augmentation.rotation, help="Random rotation range, degrees."),
     shift: float = typer.Option(DEFAULTS.augmentation.shift, help="Random shift range, fraction of the size."),
     zoom: float = typer.Option(DEFAULTS.augmentation.zoom, help="Random zoom range: scale in [1-zoom, 1+zoom]."),
-    patience: int = typer.Option(DEFAULTS.patience, help="Epochs without validation improvement before stopping a phase."),
-    max_unreadable: float = typer.Option(DEFAULTS.max_unreadable, help="Share of unreadable training images to skip before refusing to start."),
+    patience: int = typer.Option(
+        DEFAULTS.patience, help="Epochs without validation improvement before stopping a phase."
+    ),
+    max_unreadable: float = typer.Option(
+        DEFAULTS.max_unreadable, help="Share of unreadable training images to skip before refusing to start."
+    ),
     run_dir: Optional[Path] = typer.Option(None, help="Where the run goes. Default: runs/<backbone>-<timestamp>."),
-    resume: Optional[str] = typer.Option(None, "--resume", help="Continue this stopped run from its last completed epoch (its own settings; other options are ignored)."),
+    resume: Optional[str] = typer.Option(
+        None,
+        "--resume",
+        help="Continue this stopped run from its last completed epoch (its own settings; other options are ignored).",
+    ),
 ):
     """Fine-tune a pretrained backbone on labels.csv + train/ and save the run."""
     from dogbreeds.training import resume as resume_run
@@ -123,12 +138,25 @@ def train(
         return
 
     config = TrainConfig(
-        data=str(data) if data else None, backbone=backbone, weights=weights, image_size=image_size,
-        batch_size=batch_size, epochs=epochs, fine_tune_epochs=fine_tune_epochs,
-        fine_tune_layers=fine_tune_layers, learning_rate=learning_rate,
-        fine_tune_learning_rate=fine_tune_learning_rate, dropout=dropout, hidden_units=hidden_units,
-        val_split=val_split, seed=seed, limit=limit, loader=loader.value, precision=precision.value,
-        patience=patience, max_unreadable=max_unreadable,
+        data=str(data) if data else None,
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        fine_tune_layers=fine_tune_layers,
+        learning_rate=learning_rate,
+        fine_tune_learning_rate=fine_tune_learning_rate,
+        dropout=dropout,
+        hidden_units=hidden_units,
+        val_split=val_split,
+        seed=seed,
+        limit=limit,
+        loader=loader.value,
+        precision=precision.value,
+        patience=patience,
+        max_unreadable=max_unreadable,
         augmentation=Augmentation(flip=flip, rotation=rotation, shift=shift, zoom=zoom),
     )
     _report_training(train_run(config, run_dir=str(run_dir) if run_dir else None))
@@ -183,7 +211,9 @@ def predict(
     images: list[Path] = typer.Argument(..., help="JPEG or PNG files, or folders of them (searched with sub-folders)."),
     run: Optional[str] = RunOption,
     top: int = typer.Option(5, "--top", help="How many breeds to show per image."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per line: path, predictions [{breed, probability}]."),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per line: path, predictions [{breed, probability}]."
+    ),
     tta: bool = TTAOption,
     calibrate: bool = CalibrateOption,
     batch_size: Optional[int] = BatchSizeOption,
@@ -249,12 +279,21 @@ def demo(
     data = make_competition(folder / "data")
     typer.echo(f"1/3 generated a competition in {data} (labels.csv, train/, test/, sample_submission.csv)")
     config = TrainConfig(
-        data=str(data), backbone=backbone, weights="none", image_size=image_size, batch_size=16,
-        epochs=epochs, fine_tune_epochs=fine_tune_epochs, learning_rate=3e-3, fine_tune_learning_rate=2e-3,
+        data=str(data),
+        backbone=backbone,
+        weights="none",
+        image_size=image_size,
+        batch_size=16,
+        epochs=epochs,
+        fine_tune_epochs=fine_tune_epochs,
+        learning_rate=3e-3,
+        fine_tune_learning_rate=2e-3,
     )
     result = train_run(config, run_dir=str(folder / "run"))
     m = result.metrics
-    typer.echo(f"2/3 trained {result.run.path}: validation log loss {m['val_log_loss']:.4f}, accuracy {m['val_accuracy']:.2%}")
+    typer.echo(
+        f"2/3 trained {result.run.path}: validation log loss {m['val_log_loss']:.4f}, accuracy {m['val_accuracy']:.2%}"
+    )
     written = write_submission(result.run.path, data, folder / "submission.csv", force=True)
     scored = score_submission(written.path, data / "solution.csv")
     typer.echo(

@@ -1,8 +1,8 @@
 """The Kaggle layout: where the files are, the classes, the test ids and the split.
 
-    DIR/labels.csv               id,breed    (image: DIR/train/<id>.jpg)
-    DIR/test/<id>.jpg
-    DIR/sample_submission.csv    id,<breed 1>,...,<breed 120>
+DIR/labels.csv               id,breed    (image: DIR/train/<id>.jpg)
+DIR/test/<id>.jpg
+DIR/sample_submission.csv    id,<breed 1>,...,<breed 120>
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from dogbreeds.errors import DogbreedsError, log
 
 KAGGLE_INPUT = Path("/kaggle/input/dog-breed-identification")
 KAGGLE_HINT = (
-    "download it with `kaggle competitions download -c dog-breed-identification` "
-    "and unzip it there, or pass --data DIR"
+    "download it with `kaggle competitions download -c dog-breed-identification` and unzip it there, or pass --data DIR"
 )
 IMAGE_SUFFIX = ".jpg"
 
@@ -84,7 +83,6 @@ class Competition:
 
     def test_paths(self) -> list[str]:
         return [str(self.root / "test" / f"{i}{IMAGE_SUFFIX}") for i in self.test_ids]
-
 
 
 def _check_id(value: str, where: Path) -> str:

@@ -70,16 +70,23 @@ class TrainConfig:
             (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
             (self.fine_tune_epochs >= 0, f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}"),
             (self.epochs + self.fine_tune_epochs >= 1, "--epochs plus --fine-tune-epochs must be at least 1"),
-            (self.fine_tune_layers is None or self.fine_tune_layers >= 0,
-             f"--fine-tune-layers must be 0 or more, got {self.fine_tune_layers}"),
+            (
+                self.fine_tune_layers is None or self.fine_tune_layers >= 0,
+                f"--fine-tune-layers must be 0 or more, got {self.fine_tune_layers}",
+            ),
             (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (0 < self.val_split < 0.5, f"--val-split must be between 0 and 0.5, got {self.val_split}"),
             (self.limit is None or self.limit >= 2, f"--limit must be at least 2, got {self.limit}"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (
+                self.precision in PRECISIONS,
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+            ),
             (0 <= self.max_unreadable < 1, f"--max-unreadable must be in [0, 1), got {self.max_unreadable}"),
-            (0 <= self.augmentation.shift < 1 and 0 <= self.augmentation.zoom < 1,
-             "--shift and --zoom must be in [0, 1)"),
+            (
+                0 <= self.augmentation.shift < 1 and 0 <= self.augmentation.zoom < 1,
+                "--shift and --zoom must be in [0, 1)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

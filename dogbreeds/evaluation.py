@@ -68,15 +68,17 @@ def per_breed_table(probabilities: np.ndarray, labels: np.ndarray, classes: list
             continue
         wrong = matrix[c].copy()
         wrong[c] = 0
-        rows.append({
-            "breed": breed,
-            "images": int(members.sum()),
-            "correct": int(matrix[c, c]),
-            "accuracy": float(matrix[c, c] / members.sum()),
-            "log_loss": float(picked[members].mean()),
-            "mistaken_for": classes[int(wrong.argmax())] if wrong.any() else "",
-            "mistaken_times": int(wrong.max()),
-        })
+        rows.append(
+            {
+                "breed": breed,
+                "images": int(members.sum()),
+                "correct": int(matrix[c, c]),
+                "accuracy": float(matrix[c, c] / members.sum()),
+                "log_loss": float(picked[members].mean()),
+                "mistaken_for": classes[int(wrong.argmax())] if wrong.any() else "",
+                "mistaken_times": int(wrong.max()),
+            }
+        )
     frame = pd.DataFrame(rows)
     return frame.sort_values(["accuracy", "log_loss", "breed"], ascending=[True, False, True]).reset_index(drop=True)
 
@@ -155,43 +157,48 @@ class Evaluation:
             ("probability floor", f"{c.floor:g}"),
             (f"log loss before (T = 1, floor {EPSILON:g})", f"{c.log_loss_before:.4f}"),
             ("log loss after", f"{c.log_loss_after:.4f}"),
-            ("log loss after, cross-validated (fit on one half, score the other)", f"{c.log_loss_after_cross_validated:.4f}"),
+            (
+                "log loss after, cross-validated (fit on one half, score the other)",
+                f"{c.log_loss_after_cross_validated:.4f}",
+            ),
             ("expected calibration error before / after", f"{s['ece_before']:.3f} / {s['ece_after']:.3f}"),
         ]
-        return "\n".join([
-            f"# Evaluation of {self.run.name}",
-            "",
-            f"{s['date']}, data {s['data']}: the validation split training held out "
-            f"(val_split {s['val_split']}, seed {s['seed']}).",
-            "",
-            _table(pd.DataFrame(figures, columns=["", "value"]), ["", "value"]),
-            "",
-            "## Calibration",
-            "",
-            "Fitted on these images and saved in calibration.json; `dogbreeds submit` and "
-            "`dogbreeds predict` apply it (`--no-calibrate` to not). The per-breed log loss below is calibrated.",
-            "",
-            _table(pd.DataFrame(calibration, columns=["", "value"]), ["", "value"]),
-            "",
-            "![reliability](reliability.png)",
-            "",
-            "## Most-confused pairs",
-            "",
-            "`a_as_b`: images of breed_a predicted as breed_b; `b_as_a` the other way.",
-            "",
-            _table(self.pairs, PAIR_COLUMNS) if len(self.pairs) else "No mistakes.",
-            "",
-            "![confusion matrix](confusion.png)",
-            "",
-            "## Validation images, mistakes first",
-            "",
-            "![examples](examples.png)",
-            "",
-            "## Per-breed accuracy, worst first",
-            "",
-            _table(self.per_breed, PER_BREED_COLUMNS),
-            "",
-        ])
+        return "\n".join(
+            [
+                f"# Evaluation of {self.run.name}",
+                "",
+                f"{s['date']}, data {s['data']}: the validation split training held out "
+                f"(val_split {s['val_split']}, seed {s['seed']}).",
+                "",
+                _table(pd.DataFrame(figures, columns=["", "value"]), ["", "value"]),
+                "",
+                "## Calibration",
+                "",
+                "Fitted on these images and saved in calibration.json; `dogbreeds submit` and "
+                "`dogbreeds predict` apply it (`--no-calibrate` to not). The per-breed log loss below is calibrated.",
+                "",
+                _table(pd.DataFrame(calibration, columns=["", "value"]), ["", "value"]),
+                "",
+                "![reliability](reliability.png)",
+                "",
+                "## Most-confused pairs",
+                "",
+                "`a_as_b`: images of breed_a predicted as breed_b; `b_as_a` the other way.",
+                "",
+                _table(self.pairs, PAIR_COLUMNS) if len(self.pairs) else "No mistakes.",
+                "",
+                "![confusion matrix](confusion.png)",
+                "",
+                "## Validation images, mistakes first",
+                "",
+                "![examples](examples.png)",
+                "",
+                "## Per-breed accuracy, worst first",
+                "",
+                _table(self.per_breed, PER_BREED_COLUMNS),
+                "",
+            ]
+        )
 
 
 PER_BREED_COLUMNS = ["breed", "images", "correct", "accuracy", "log_loss", "mistaken_for", "mistaken_times"]
@@ -258,7 +265,9 @@ def evaluate(
     result = Evaluation(opened, summary, per_breed_table(after, labels, classes), pairs, calibration)
 
     plot_confusion(
-        matrix, classes, opened.file(Run.confusion_plot),
+        matrix,
+        classes,
+        opened.file(Run.confusion_plot),
         title=f"Confusion matrix of {opened.name}: {len(labels)} validation images, accuracy {summary['accuracy']:.1%}",
         pairs=list(zip(pairs["breed_a"].head(5), pairs["breed_b"].head(5))),
     )
@@ -275,9 +284,11 @@ def evaluate(
         f"(most confident first), then {len(shown) - n_wrong} right predictions at random; calibrated probabilities",
     )
     plot_reliability(
-        {f"before calibration: log loss {calibration.log_loss_before:.3f}": bins_before,
-         f"after (T = {calibration.temperature:.2f}, floor {calibration.floor:g}): "
-         f"log loss {calibration.log_loss_after:.3f}": bins_after},
+        {
+            f"before calibration: log loss {calibration.log_loss_before:.3f}": bins_before,
+            f"after (T = {calibration.temperature:.2f}, floor {calibration.floor:g}): "
+            f"log loss {calibration.log_loss_after:.3f}": bins_after,
+        },
         opened.file(Run.reliability_plot),
         title=f"Reliability of {opened.name} on {len(labels)} validation images",
     )

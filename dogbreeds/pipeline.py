@@ -74,8 +74,11 @@ def inspect_images(paths: list[str]) -> pd.DataFrame:
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(_inspect, paths, chunksize=64))
     return pd.DataFrame(
-        {"path": list(paths), "orientation": np.array([r[0] for r in results], dtype=np.int32),
-         "problem": [r[1] for r in results]}
+        {
+            "path": list(paths),
+            "orientation": np.array([r[0] for r in results], dtype=np.int32),
+            "problem": [r[1] for r in results],
+        }
     )
 
 
@@ -197,7 +200,11 @@ class TFDataLoader(Loader):
         return self._finish(ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size))
 
     def prediction(self, frame: pd.DataFrame) -> tf.data.Dataset:
-        ds = self._images(frame, labelled=False).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size)
+        ds = (
+            self._images(frame, labelled=False)
+            .map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(self.batch_size)
+        )
         preprocess = self.preprocess
         return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 

@@ -32,7 +32,8 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
     for given in map(Path, inputs):
         if given.is_dir():
             found = sorted(
-                p for p in given.rglob("*")
+                p
+                for p in given.rglob("*")
                 if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file() and not p.name.startswith(".")
             )
             if not found:

@@ -92,16 +92,32 @@ def plot_confusion(
         counts = matrix[np.ix_(order, order)]
         for (row, col), count in np.ndenumerate(counts):
             if count:
-                ax.text(col, row, str(count), ha="center", va="center", fontsize=8,
-                        color="white" if shown[row, col] > 0.5 else "black")
+                ax.text(
+                    col,
+                    row,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if shown[row, col] > 0.5 else "black",
+                )
     position = {c: i for i, c in enumerate(order)}
     index = {breed: i for i, breed in enumerate(classes)}
     framed = False
     for a, b in pairs:
         for row, col in ((index[a], index[b]), (index[b], index[a])):
             if matrix[row, col]:
-                ax.add_patch(Rectangle((position[col] - 0.5, position[row] - 0.5), 1, 1, fill=False,
-                                       edgecolor=WRONG, linewidth=1.5, label=None if framed else f"the {len(pairs)} most-confused pair{'s' if len(pairs) > 1 else ''}"))
+                ax.add_patch(
+                    Rectangle(
+                        (position[col] - 0.5, position[row] - 0.5),
+                        1,
+                        1,
+                        fill=False,
+                        edgecolor=WRONG,
+                        linewidth=1.5,
+                        label=None if framed else f"the {len(pairs)} most-confused pair{'s' if len(pairs) > 1 else ''}",
+                    )
+                )
                 framed = True
     if framed:  # in the figure's free bottom-left corner, where it hides no cell and no name
         fig.legend(loc="lower left", fontsize=9, frameon=False)
@@ -149,7 +165,10 @@ def plot_examples(
         ax.axis("on")
     fig.legend(
         handles=[Patch(color=WRONG, label="wrong prediction"), Patch(color=RIGHT, label="right prediction")],
-        loc="upper right", ncol=2, fontsize=9, frameon=False,
+        loc="upper right",
+        ncol=2,
+        fontsize=9,
+        frameon=False,
     )
     fig.suptitle(title, x=0.01, ha="left", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * rows + 0.9)))
@@ -161,23 +180,33 @@ def plot_reliability(curves: dict[str, dict], out: Path, *, title: str = "") -> 
 
     `curves` maps a label ("before calibration") to `calibration.reliability(...)`'s result.
     """
-    fig, (top, bottom) = plt.subplots(
-        2, 1, figsize=(7, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]}
-    )
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.2]})
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
     width = 1.0 / (len(next(iter(curves.values()))["count"]) * (len(curves) + 1))
     for k, (label, bins) in enumerate(curves.items()):
         count = bins["count"]
         # A bin of two images says little: it gets a small dot and no say in the line.
         solid = count >= max(5, 0.01 * count.sum())
-        line, = top.plot(bins["confidence"][solid], bins["accuracy"][solid], "-", label=f"{label}, ECE {bins['ece']:.3f}")
+        (line,) = top.plot(
+            bins["confidence"][solid], bins["accuracy"][solid], "-", label=f"{label}, ECE {bins['ece']:.3f}"
+        )
         seen = count > 0
-        top.scatter(bins["confidence"][seen], bins["accuracy"][seen], s=12 + 200 * count[seen] / count.max(),
-                    color=line.get_color(), alpha=0.8, zorder=3)
+        top.scatter(
+            bins["confidence"][seen],
+            bins["accuracy"][seen],
+            s=12 + 200 * count[seen] / count.max(),
+            color=line.get_color(),
+            alpha=0.8,
+            zorder=3,
+        )
         left = bins["edges"][:-1] + width * (k + 0.5)
         bottom.bar(left, count, width=width, align="edge", color=line.get_color(), label=label)
-    top.set(ylabel="accuracy of the predictions in the bin", xlim=(0, 1), ylim=(0, 1.02),
-            title=title or "Reliability: is a prediction made with confidence p right p of the time?")
+    top.set(
+        ylabel="accuracy of the predictions in the bin",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=title or "Reliability: is a prediction made with confidence p right p of the time?",
+    )
     top.text(0.01, 0.98, "dot area: images in the bin", transform=top.transAxes, va="top", fontsize=8, color="grey")
     top.grid(alpha=0.3)
     top.legend(loc="lower right")  # the corner a reliability curve never reaches

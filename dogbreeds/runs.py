@@ -160,17 +160,19 @@ def list_runs(folder: Path = RUNS_DIR) -> list[dict]:
         model = path / Run.model_file
         metrics = _read_json(path / Run.metrics_file)
         evaluation = _read_json(path / Run.evaluation_file)
-        rows.append({
-            "name": path.name,
-            "backbone": config.get("backbone", "?"),
-            "method": config.get("method", "finetune"),
-            "image_size": config.get("image_size", "?"),
-            "date": datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
-            "finished": model.is_file(),
-            "val_log_loss": metrics.get("val_log_loss"),
-            "val_accuracy": metrics.get("val_accuracy"),
-            "calibrated_log_loss": evaluation.get("log_loss_calibrated"),
-        })
+        rows.append(
+            {
+                "name": path.name,
+                "backbone": config.get("backbone", "?"),
+                "method": config.get("method", "finetune"),
+                "image_size": config.get("image_size", "?"),
+                "date": datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
+                "finished": model.is_file(),
+                "val_log_loss": metrics.get("val_log_loss"),
+                "val_accuracy": metrics.get("val_accuracy"),
+                "calibrated_log_loss": evaluation.get("log_loss_calibrated"),
+            }
+        )
     return sorted(rows, key=lambda row: row["date"], reverse=True)
 
 
@@ -179,13 +181,18 @@ def format_runs(rows: list[dict]) -> str:
     header = ["run", "backbone", "method", "size", "date", "val log loss", "val accuracy", "calibrated log loss"]
     table = [header]
     for row in rows:
-        table.append([
-            row["name"], str(row["backbone"]), str(row["method"]), str(row["image_size"]),
-            row["date"].strftime("%Y-%m-%d %H:%M") if row["finished"] else "unfinished",
-            f"{row['val_log_loss']:.4f}" if row["val_log_loss"] is not None else "-",
-            f"{row['val_accuracy']:.2%}" if row["val_accuracy"] is not None else "-",
-            f"{row['calibrated_log_loss']:.4f}" if row["calibrated_log_loss"] is not None else "-",
-        ])
+        table.append(
+            [
+                row["name"],
+                str(row["backbone"]),
+                str(row["method"]),
+                str(row["image_size"]),
+                row["date"].strftime("%Y-%m-%d %H:%M") if row["finished"] else "unfinished",
+                f"{row['val_log_loss']:.4f}" if row["val_log_loss"] is not None else "-",
+                f"{row['val_accuracy']:.2%}" if row["val_accuracy"] is not None else "-",
+                f"{row['calibrated_log_loss']:.4f}" if row["calibrated_log_loss"] is not None else "-",
+            ]
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     right = {3, 5, 6, 7}
     return "\n".join(

@@ -49,7 +49,9 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
-def predict(model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict") -> np.ndarray:
+def predict(
+    model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict"
+) -> np.ndarray:
     """Probabilities for the images of a frame with a `path` column, in its order."""
     if tta:
         model = with_flip_tta(model)

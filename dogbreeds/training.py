@@ -111,7 +111,7 @@ def prepare_data(config: TrainConfig) -> Data:
         if bad.mean() > config.max_unreadable:
             raise DogbreedsError(
                 f"{len(skipped)} of {len(used)} training images in {competition.root / 'train'} cannot be read "
-                f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix them or their labels.csv rows"
+                f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix those files or their rows"
             )
         log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
         keep = set(skipped["path"])
@@ -202,7 +202,9 @@ def _fit_phases(model: keras.Model, run: Run, config: TrainConfig, data: Data, p
                 backbone.trainable = False
             else:
                 n = set_trainable(backbone, layers, pretrained=config.pretrained)
-                log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {learning_rate:g}")
+                log.info(
+                    f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {learning_rate:g}"
+                )
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate),
                 loss="sparse_categorical_crossentropy",

@@ -27,6 +27,10 @@ def dogbreeds(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     exe = shutil.which("dogbreeds")
     command = [exe] if exe else [sys.executable, "-m", "dogbreeds"]
     return subprocess.run(
-        [*command, *map(str, args)], cwd=cwd, env={**os.environ, **(env or {})},
-        capture_output=True, text=True, timeout=600,
+        [*command, *map(str, args)],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=600,
     )

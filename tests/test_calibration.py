@@ -105,16 +105,24 @@ def test_reliability_bins_and_expected_calibration_error():
 
 BREEDS = ["norfolk_terrier", "norwich_terrier", "pug", "beagle"]
 #                    predicted: norfolk norwich pug beagle
-HAND_MADE = np.array([[5, 3, 0, 1],  # true norfolk_terrier
-                      [2, 6, 0, 0],  # true norwich_terrier
-                      [0, 0, 9, 1],  # true pug
-                      [0, 0, 1, 7]])  # true beagle
+HAND_MADE = np.array(
+    [
+        [5, 3, 0, 1],  # true norfolk_terrier
+        [2, 6, 0, 0],  # true norwich_terrier
+        [0, 0, 9, 1],  # true pug
+        [0, 0, 1, 7],
+    ]
+)  # true beagle
 
 
 def test_most_confused_pairs_on_a_hand_made_matrix():
     pairs = confused_pairs(HAND_MADE, BREEDS)
     expected = pd.DataFrame(
-        [("norfolk_terrier", "norwich_terrier", 5, 3, 2), ("pug", "beagle", 2, 1, 1), ("norfolk_terrier", "beagle", 1, 1, 0)],
+        [
+            ("norfolk_terrier", "norwich_terrier", 5, 3, 2),
+            ("pug", "beagle", 2, 1, 1),
+            ("norfolk_terrier", "beagle", 1, 1, 0),
+        ],
         columns=["breed_a", "breed_b", "mistakes", "a_as_b", "b_as_a"],
     )
     pd.testing.assert_frame_equal(pairs, expected)
@@ -122,26 +130,45 @@ def test_most_confused_pairs_on_a_hand_made_matrix():
     flipped[1, 0] = 4  # now norwich is more often taken for norfolk than the other way
     first = confused_pairs(flipped, BREEDS, top=1).iloc[0]
     assert (first.breed_a, first.breed_b, first.mistakes, first.a_as_b, first.b_as_a) == (
-        "norwich_terrier", "norfolk_terrier", 7, 4, 3)
+        "norwich_terrier",
+        "norfolk_terrier",
+        7,
+        4,
+        3,
+    )
     assert confused_pairs(np.diag([3, 4, 5, 6]), BREEDS).empty
 
 
 def test_confusion_matrix_per_breed_table_and_top_k():
     labels = np.array([0, 0, 0, 1, 1, 2])
-    probabilities = np.array([
-        [0.7, 0.2, 0.1], [0.15, 0.8, 0.05], [0.2, 0.7, 0.1],  # norfolk: right once, twice taken for norwich
-        [0.1, 0.9, 0.0], [0.1, 0.6, 0.3],  # norwich: right twice
-        [0.5, 0.3, 0.2],  # pug: wrong, its true class last
-    ])
+    probabilities = np.array(
+        [
+            [0.7, 0.2, 0.1],
+            [0.15, 0.8, 0.05],
+            [0.2, 0.7, 0.1],  # norfolk: right once, twice taken for norwich
+            [0.1, 0.9, 0.0],
+            [0.1, 0.6, 0.3],  # norwich: right twice
+            [0.5, 0.3, 0.2],  # pug: wrong, its true class last
+        ]
+    )
     matrix = confusion_matrix(labels, probabilities.argmax(axis=1), 3)
     np.testing.assert_array_equal(matrix, [[1, 2, 0], [0, 2, 0], [1, 0, 0]])
     table = per_breed_table(probabilities, labels, BREEDS[:3])
     assert table["breed"].tolist() == ["pug", "norfolk_terrier", "norwich_terrier"]  # worst first
     norfolk = table.set_index("breed").loc["norfolk_terrier"]
-    assert (norfolk.images, norfolk.correct, norfolk.mistaken_for, norfolk.mistaken_times) == (3, 1, "norwich_terrier", 2)
+    assert (norfolk.images, norfolk.correct, norfolk.mistaken_for, norfolk.mistaken_times) == (
+        3,
+        1,
+        "norwich_terrier",
+        2,
+    )
     assert norfolk.log_loss == pytest.approx(-np.log([0.7, 0.15, 0.2]).mean())
     assert top_k_accuracy(probabilities, labels, 1) == pytest.approx(3 / 6)
     assert top_k_accuracy(probabilities, labels, 2) == pytest.approx(5 / 6)
     assert top_k_accuracy(probabilities, labels, 5) == 1.0
     order = example_order(labels, probabilities, n=4, right_at_least=1)
-    assert order[:3].tolist() == [1, 2, 5]  # mistakes, most confident first and labels[order[3]] == probabilities[order[3]].argmax()
+    assert order[:3].tolist() == [
+        1,
+        2,
+        5,
+    ]  # mistakes, most confident first and labels[order[3]] == probabilities[order[3]].argmax()

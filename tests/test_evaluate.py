@@ -23,9 +23,27 @@ def evaluated(competition, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     run = home / "runs" / "tiny"
     result = dogbreeds(
-        "train", "--data", competition, "--backbone", "tiny_cnn", "--weights", "none",
-        "--image-size", 48, "--batch-size", 8, "--epochs", 1, "--fine-tune-epochs", 3,
-        "--learning-rate", 3e-3, "--fine-tune-learning-rate", 2e-3, "--run-dir", run,
+        "train",
+        "--data",
+        competition,
+        "--backbone",
+        "tiny_cnn",
+        "--weights",
+        "none",
+        "--image-size",
+        48,
+        "--batch-size",
+        8,
+        "--epochs",
+        1,
+        "--fine-tune-epochs",
+        3,
+        "--learning-rate",
+        3e-3,
+        "--fine-tune-learning-rate",
+        2e-3,
+        "--run-dir",
+        run,
     )
     assert result.returncode == 0, result.stderr
     result = dogbreeds("evaluate", "--run", "tiny", cwd=home)
@@ -38,7 +56,9 @@ def test_evaluate_writes_figures_tables_pictures_and_a_calibration(evaluated, co
     report = json.loads((run / "evaluation.json").read_text())
     # The very images training held out, recomputed from the run's config.
     config = TrainConfig.from_json((run / "config.json").read_text())
-    _, val = split(Competition.load(competition).labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    _, val = split(
+        Competition.load(competition).labels, val_split=config.val_split, seed=config.seed, limit=config.limit
+    )
     assert report["images"] == len(val) == sum(row["images"] for row in report["per_breed"])
     assert {row["breed"] for row in report["per_breed"]} == set(val["breed"])
     for key in ("log_loss", "log_loss_calibrated", "accuracy", "top5_accuracy"):
@@ -162,7 +182,10 @@ def test_predict_applies_the_calibration(hot_run, tmp_path):
     "make, message",
     [
         (lambda d: d / "absent.jpg", "absent.jpg not found"),
-        (lambda d: (d / "broken.jpg").write_bytes(b"\xff\xd8 nothing") and d / "broken.jpg", "broken.jpg is not a readable image"),
+        (
+            lambda d: (d / "broken.jpg").write_bytes(b"\xff\xd8 nothing") and d / "broken.jpg",
+            "broken.jpg is not a readable image",
+        ),
         (lambda d: (d / "empty").mkdir() or d / "empty", "holds no .jpg, .jpeg or .png files"),
     ],
 )
@@ -180,7 +203,9 @@ def test_predict_bad_path_through_the_console_script(evaluated, tmp_path):
     result = dogbreeds("predict", tmp_path / "ok.png", "--run", run)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "ok.png is not a readable image" in lines[0], result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "ok.png is not a readable image" in lines[0], (
+        result.stderr
+    )
 
 
 def test_runs_lists_newest_first_with_scores(evaluated, tmp_path):

@@ -6,8 +6,17 @@ from dogbreeds.errors import DogbreedsError
 from dogbreeds.models import BACKBONES, build_backbone, build_classifier, set_trainable
 
 REQUIRED = {
-    "inception_resnet_v2", "xception", "inception_v3", "resnet50", "mobilenet_v2", "efficientnet_b0",
-    "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "efficientnet_v2_s", "convnext_tiny",
+    "inception_resnet_v2",
+    "xception",
+    "inception_v3",
+    "resnet50",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "efficientnet_v2_s",
+    "convnext_tiny",
 }
 
 

@@ -20,7 +20,15 @@ def gradient(width=40, height=30):
 
 @pytest.mark.parametrize(
     "mode, fmt",
-    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("RGBA", "PNG"), ("I;16", "PNG"), ("RGB", "WEBP")],
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "PNG"),
+        ("RGBA", "PNG"),
+        ("I;16", "PNG"),
+        ("RGB", "WEBP"),
+    ],
 )
 def test_decode_copes_with_real_photo_formats(tmp_path, mode, fmt):
     path = tmp_path / "photo.jpg"  # always named .jpg, as in the competition
@@ -57,7 +65,9 @@ def test_exif_orientation_matches_pil(tmp_path, orientation):
 
 def test_affine_with_only_flip_mirrors_or_keeps_each_image():
     batch = tf.constant(np.stack([gradient(16, 16)] * 8).astype(np.float32))
-    out = random_affine(batch, tf.constant([1, 2], tf.int64), Augmentation(flip=True, rotation=0, shift=0, zoom=0)).numpy()
+    out = random_affine(
+        batch, tf.constant([1, 2], tf.int64), Augmentation(flip=True, rotation=0, shift=0, zoom=0)
+    ).numpy()
     original, mirrored = batch.numpy()[0], batch.numpy()[0][:, ::-1]
     kinds = [np.allclose(o, original, atol=1e-3) or (np.allclose(o, mirrored, atol=1e-3) and 2) for o in out]
     assert all(kinds) and True in kinds and 2 in kinds  # both outcomes happen, nothing else
@@ -78,8 +88,11 @@ def frame_of(competition, n=12):
 
 def loader(kind, seed=0, augmentation=None, size=40):
     return kind(
-        image_size=size, batch_size=4, preprocess=lambda x: x / 127.5 - 1.0,
-        augmentation=augmentation or Augmentation(), seed=seed,
+        image_size=size,
+        batch_size=4,
+        preprocess=lambda x: x / 127.5 - 1.0,
+        augmentation=augmentation or Augmentation(),
+        seed=seed,
     )
 
 

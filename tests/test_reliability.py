@@ -73,8 +73,12 @@ def test_inspect_refuses_a_decompression_bomb_without_decoding_it(tmp_path):
 def test_inspect_accepts_odd_but_valid_photos(tmp_path):
     paths = []
     for name, (mode, fmt, size) in {
-        "gray": ("L", "JPEG", (50, 40)), "cmyk": ("CMYK", "JPEG", (50, 40)), "png": ("RGB", "PNG", (50, 40)),
-        "webp": ("RGB", "WEBP", (50, 40)), "pixel": ("RGB", "JPEG", (1, 1)), "wide": ("RGB", "JPEG", (3000, 200)),
+        "gray": ("L", "JPEG", (50, 40)),
+        "cmyk": ("CMYK", "JPEG", (50, 40)),
+        "png": ("RGB", "PNG", (50, 40)),
+        "webp": ("RGB", "WEBP", (50, 40)),
+        "pixel": ("RGB", "JPEG", (1, 1)),
+        "wide": ("RGB", "JPEG", (3000, 200)),
     }.items():
         paths.append(str(tmp_path / f"{name}.jpg"))
         Image.new(mode, size).save(paths[-1], format=fmt)
@@ -85,8 +89,20 @@ def test_training_skips_and_names_unreadable_images(fresh, tmp_path):
     victim = pd.read_csv(fresh / "labels.csv")["id"].iloc[0]
     (fresh / "train" / f"{victim}.jpg").write_bytes(b"")
     run = tmp_path / "run"
-    result = dogbreeds("train", "--data", fresh, *TINY, "--epochs", 1, "--fine-tune-epochs", 0,
-                       "--max-unreadable", 0.05, "--run-dir", run)
+    result = dogbreeds(
+        "train",
+        "--data",
+        fresh,
+        *TINY,
+        "--epochs",
+        1,
+        "--fine-tune-epochs",
+        0,
+        "--max-unreadable",
+        0.05,
+        "--run-dir",
+        run,
+    )
     assert result.returncode == 0, result.stderr
     assert f"skipping 1 unreadable training images (first: {victim} (empty file (0 bytes)))" in result.stderr
     skipped = pd.read_csv(run / "skipped_images.csv")
@@ -118,8 +134,9 @@ def test_broken_competition_folders(fresh, tmp_path, breakage, fragments):
 
 def test_without_sample_submission_training_says_what_it_uses(fresh, tmp_path):
     (fresh / "sample_submission.csv").unlink()
-    result = dogbreeds("train", "--data", fresh, *TINY, "--epochs", 1, "--fine-tune-epochs", 0,
-                       "--run-dir", tmp_path / "run")
+    result = dogbreeds(
+        "train", "--data", fresh, *TINY, "--epochs", 1, "--fine-tune-epochs", 0, "--run-dir", tmp_path / "run"
+    )
     assert result.returncode == 0, result.stderr
     assert "sample_submission.csv not found: using the sorted breeds of labels.csv" in result.stderr
     assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["beagle", "pug", "sheltie"]
@@ -148,8 +165,11 @@ def test_submit_refuses_a_run_made_for_other_classes(tiny_run, fresh, tmp_path):
     sample.rename(columns={"pug": "corgi"}).to_csv(fresh / "sample_submission.csv", index=False)
     labels = pd.read_csv(fresh / "labels.csv").replace("pug", "corgi")
     labels.to_csv(fresh / "labels.csv", index=False)
-    one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", fresh, "--out", tmp_path / "s.csv"),
-                   "differ", "pass the --data it was trained on")
+    one_error_line(
+        dogbreeds("submit", "--run", tiny_run, "--data", fresh, "--out", tmp_path / "s.csv"),
+        "differ",
+        "pass the --data it was trained on",
+    )
 
 
 def test_run_without_model_or_from_another_version(tiny_run, tmp_path):
@@ -170,8 +190,9 @@ def test_a_model_file_with_code_is_not_run(tiny_run, competition, tmp_path):
     inputs = keras.Input((48, 48, 3))
     outputs = keras.layers.Lambda(lambda x: x[:, 0, 0, :])(inputs)  # arbitrary Python in the file
     keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(outputs)).save(run / "model.keras")
-    one_error_line(dogbreeds("submit", "--run", run, "--data", competition, "--out", tmp_path / "s.csv"),
-                   "cannot be loaded")
+    one_error_line(
+        dogbreeds("submit", "--run", run, "--data", competition, "--out", tmp_path / "s.csv"), "cannot be loaded"
+    )
 
 
 def test_weights_that_are_not_hdf5(tmp_path):
@@ -200,8 +221,20 @@ def test_existing_submission_is_never_overwritten_without_force(tiny_run, compet
 def start_training(data, run, epochs, fine_tune_epochs):
     exe = shutil.which("dogbreeds")
     command = [exe] if exe else [sys.executable, "-m", "dogbreeds"]
-    args = ["train", "--data", data, *TINY, "--epochs", epochs, "--fine-tune-epochs", fine_tune_epochs,
-            "--patience", 100, "--run-dir", run]
+    args = [
+        "train",
+        "--data",
+        data,
+        *TINY,
+        "--epochs",
+        epochs,
+        "--fine-tune-epochs",
+        fine_tune_epochs,
+        "--patience",
+        100,
+        "--run-dir",
+        run,
+    ]
     return subprocess.Popen([*command, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
