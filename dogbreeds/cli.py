@@ -64,6 +64,16 @@ class LoaderName(str, Enum):
     legacy = "legacy"
 
 
+class Method(str, Enum):
+    finetune = "finetune"
+    features = "features"
+
+
+class Head(str, Enum):
+    dense = "dense"
+    logreg = "logreg"
+
+
 class Precision(str, Enum):
     auto = "auto"
     float32 = "float32"
@@ -92,16 +102,23 @@ CalibrateOption = typer.Option(
 @app.command()
 def train(
     data: Optional[Path] = DataOption,
-    backbone: str = typer.Option(DEFAULTS.backbone, help="Backbone name (see `dogbreeds backbones`)."),
+    method: Method = typer.Option(
+        Method.finetune, help="finetune the backbone, or train a head on cached backbone features."
+    ),
+    backbone: str = typer.Option(
+        DEFAULTS.backbone, help="Backbone name (see `dogbreeds backbones`); features: a,b,c for an ensemble."
+    ),
     weights: str = typer.Option(DEFAULTS.weights, help="imagenet, none, or the path of a .h5 weights file."),
-    image_size: int = typer.Option(DEFAULTS.image_size, help="Square input size in pixels."),
+    image_size: Optional[int] = typer.Option(
+        None, help="Square input size in pixels. Default: 331 to fine-tune; each backbone's native size for features."
+    ),
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per training step."),
     epochs: int = typer.Option(DEFAULTS.epochs, help="Epochs with the backbone frozen (head only)."),
     fine_tune_epochs: int = typer.Option(DEFAULTS.fine_tune_epochs, help="Epochs fine-tuning the backbone after that."),
     fine_tune_layers: Optional[int] = typer.Option(None, help="Unfreeze only the top N backbone layers. Default: all."),
     learning_rate: float = typer.Option(DEFAULTS.learning_rate, help="Adam learning rate of the frozen phase."),
     fine_tune_learning_rate: Optional[float] = typer.Option(
-        None, help="Learning rate of fine-tuning. Default: a tenth of --learning-rate."
+        None, help="Learning rate of fine-tuning. Default: a hundredth of --learning-rate."
     ),
     dropout: float = typer.Option(DEFAULTS.dropout, help="Dropout before the classifier."),
     hidden_units: int = typer.Option(
@@ -122,6 +139,17 @@ def train(
     max_unreadable: float = typer.Option(
         DEFAULTS.max_unreadable, help="Share of unreadable training images to skip before refusing to start."
     ),
+    head: Head = typer.Option(
+        Head.dense, help="features: dense (Keras) or logreg (scikit-learn, C chosen on validation)."
+    ),
+    head_epochs: int = typer.Option(DEFAULTS.head_epochs, help="features, dense head: most epochs (stops early)."),
+    feature_views: int = typer.Option(
+        DEFAULTS.feature_views, help="features: views per training image (plain, mirror, then augmented)."
+    ),
+    tta: bool = typer.Option(
+        DEFAULTS.tta, "--tta/--no-tta", help="features: validate on the average of each image and its mirror."
+    ),
+    cache_dir: Path = typer.Option(Path(DEFAULTS.cache_dir), help="features: where extracted features are cached."),
     run_dir: Optional[Path] = typer.Option(None, help="Where the run goes. Default: runs/<backbone>-<timestamp>."),
     resume: Optional[str] = typer.Option(
         None,
@@ -139,6 +167,7 @@ def train(
 
     config = TrainConfig(
         data=str(data) if data else None,
+        method=method.value,
         backbone=backbone,
         weights=weights,
         image_size=image_size,
@@ -157,6 +186,11 @@ def train(
         precision=precision.value,
         patience=patience,
         max_unreadable=max_unreadable,
+        head=head.value,
+        head_epochs=head_epochs,
+        feature_views=feature_views,
+        tta=tta,
+        cache_dir=str(cache_dir),
         augmentation=Augmentation(flip=flip, rotation=rotation, shift=shift, zoom=zoom),
     )
     _report_training(train_run(config, run_dir=str(run_dir) if run_dir else None))
@@ -164,10 +198,13 @@ def train(
 
 def _report_training(result) -> None:
     m = result.metrics
+    if m.get("method") == "features":
+        how = f"{m['head']} head on {m['features']} features, trained in {m['head_seconds']:.2f} s"
+    else:
+        how = f"best epoch {m['best_epoch']} of {m['epochs']}"
     typer.echo(
         f"run {result.run.path}: validation log loss {m['val_log_loss']:.4f} "
-        f"(uniform guess {m['uniform_log_loss']:.4f}), accuracy {m['val_accuracy']:.2%}, "
-        f"best epoch {m['best_epoch']} of {m['epochs']}"
+        f"(uniform guess {m['uniform_log_loss']:.4f}), accuracy {m['val_accuracy']:.2%}, {how}"
     )
 
 

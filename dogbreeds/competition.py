@@ -84,6 +84,12 @@ class Competition:
     def test_paths(self) -> list[str]:
         return [str(self.root / "test" / f"{i}{IMAGE_SUFFIX}") for i in self.test_ids]
 
+    def test_frame(self) -> pd.DataFrame:
+        """The test images that are there (id, path), in submission order."""
+        paths = self.test_paths()
+        present = [os.path.isfile(p) for p in paths]
+        return pd.DataFrame({"id": self.test_ids, "path": paths})[present].reset_index(drop=True)
+
 
 def _check_id(value: str, where: Path) -> str:
     if not value or "/" in value or "\\" in value or value in (".", ".."):

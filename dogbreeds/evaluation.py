@@ -21,8 +21,8 @@ from dogbreeds import calibration as calibrating
 from dogbreeds.calibration import EPSILON, Calibration, clip, reliability
 from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
 from dogbreeds.runs import Run, write_atomic
-from dogbreeds.submission import check_classes, predict
-from dogbreeds.training import make_loader, prepare_data
+from dogbreeds.submission import check_classes, predict_run
+from dogbreeds.training import prepare_data
 
 EXAMPLES = 24
 
@@ -236,7 +236,7 @@ def evaluate(
     classes = competition.classes
     if batch_size:
         config.batch_size = batch_size
-    raw = predict(opened.load_model(), make_loader(config), val, tta=tta, desc="validation images")
+    raw = predict_run(opened, config, val, tta=tta, desc="validation images")
     labels = val["label"].to_numpy()
     calibration = calibrating.fit(raw, labels, tta=tta, seed=config.seed)
     before, after = clip(raw, EPSILON), calibration.apply(raw)

@@ -174,7 +174,8 @@ class TFDataLoader(Loader):
         return tf.data.Dataset.from_tensor_slices(columns)
 
     def _decode(self, path, orientation, *label):
-        return (decode(path, orientation, self.image_size), *label)
+        image = decode(path, orientation, self.image_size)
+        return (image, *label) if label else image
 
     def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         preprocess = self.preprocess
@@ -199,14 +200,23 @@ class TFDataLoader(Loader):
         ds = self._images(frame)
         return self._finish(ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE).batch(self.batch_size))
 
-    def prediction(self, frame: pd.DataFrame) -> tf.data.Dataset:
-        ds = (
-            self._images(frame, labelled=False)
-            .map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(self.batch_size)
-        )
-        preprocess = self.preprocess
-        return ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    def prediction(self, frame: pd.DataFrame, view: int = 0, first_batch: int = 0) -> tf.data.Dataset:
+        """View 0: the images as they are; 1: mirrored; k >= 2: the k-th augmented view.
+
+        Augmented views draw from (seed, view, batch index), so a view is the same on every
+        call, and one started at `first_batch` (a resumed extraction) matches the rest of it.
+        """
+        ds = self._images(frame, labelled=False).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(self.batch_size)
+        if view == 1:
+            ds = ds.map(tf.image.flip_left_right, num_parallel_calls=tf.data.AUTOTUNE)
+        elif view >= 2:
+            augmentation, base = self.augmentation, self.seed * 1000 + view
+            seeds = tf.data.Dataset.range(first_batch, 2**62).map(lambda i: tf.stack([tf.constant(base, tf.int64), i]))
+            ds = tf.data.Dataset.zip(ds, seeds).map(
+                lambda batch, seed: random_affine(batch, seed, augmentation), num_parallel_calls=tf.data.AUTOTUNE
+            )
+        return ds.map(self.preprocess, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 class LegacyLoader(Loader):

@@ -18,8 +18,7 @@ from dogbreeds.calibration import EPSILON, clip, describe
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.pipeline import inspect_images
 from dogbreeds.runs import Run
-from dogbreeds.submission import predict
-from dogbreeds.training import make_loader
+from dogbreeds.submission import predict_run
 
 FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a folder is searched for
 
@@ -100,7 +99,7 @@ def predict_images(
     calibration = opened.calibration()
     if batch_size:
         config.batch_size = batch_size
-    raw = predict(opened.load_model(), make_loader(config), images, tta=tta, desc="images")
+    raw = predict_run(opened, config, images, tta=tta, desc="images")
     used = calibration if calibrate else None
     probabilities = used.apply(raw) if used else clip(raw, EPSILON)
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(top, len(classes))]

@@ -59,6 +59,15 @@ def predict(
     return np.asarray(model.predict(loader.prediction(images), verbose=0, callbacks=[progress]), dtype=np.float64)
 
 
+def predict_run(run: Run, config, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict") -> np.ndarray:
+    """A run's probabilities for a frame of images, whichever method trained it."""
+    if config.method == "features":
+        from dogbreeds.features import predict_images
+
+        return predict_images(run, config, images, tta=tta)
+    return predict(run.load_model(), make_loader(config), images, tta=tta, desc=desc)
+
+
 def readable_test_images(competition: Competition) -> pd.DataFrame:
     """Every test id needs a row, so any image that cannot be read stops submit, named."""
     if not (competition.root / "test").is_dir():
@@ -137,7 +146,7 @@ def submit(
     if batch_size:
         config.batch_size = batch_size
     with user_facing_failures(None, config.batch_size):
-        raw = predict(opened.load_model(), make_loader(config), images, tta=tta, desc="test images")
+        raw = predict_run(opened, config, images, tta=tta, desc="test images")
     used = calibration if calibrate else None
     probabilities = used.apply(raw) if used else clip(raw, EPSILON)
 

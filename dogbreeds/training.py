@@ -1,7 +1,7 @@
 """`dogbreeds train`: a frozen-backbone phase, then fine-tuning, into a run folder.
 
 Phase 1 trains the new head on a frozen backbone (the head starts random: large gradients
-would wreck pretrained features). Phase 2 unfreezes the top of the backbone at a tenth of
+would wreck pretrained features). Phase 2 unfreezes the top of the backbone at a hundredth of
 the learning rate. One checkpoint keeps the best model by validation loss across both.
 
 After every epoch the run folder also gets the model with its optimizer (`last.keras`) and
@@ -252,6 +252,8 @@ def _finish(run: Run, config: TrainConfig, data: Data, precision: str) -> TrainR
 
 def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
+    if config.method == "features":
+        return train_features(config, run_dir)
     data = prepare_data(config)
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
@@ -277,10 +279,71 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
         return _finish(run, config, data, precision)
 
 
+def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
+    """--method features: cached backbone vectors (train, validation, test), then a head on them.
+
+    Extraction comes first and fills the cache, so a failure there leaves no run folder;
+    the head then trains in seconds, and submit finds the test vectors already cached.
+    """
+    from dogbreeds import features
+
+    data = prepare_data(config)
+    cache = features.FeatureCache(config.cache_dir, config.batch_size)
+    started = time.perf_counter()
+    x = features.training_features(cache, config, data.train)
+    y = np.tile(data.train["label"].to_numpy(), config.feature_views)
+    views = features.evaluation_views(config)
+    x_val = features.ensemble_features(cache, config, data.val, views)
+    test = data.competition.test_frame()
+    if len(test):  # submit will find these cached
+        report = inspect_images(test["path"].tolist())
+        features.ensemble_features(cache, config, test.assign(orientation=report["orientation"].to_numpy()), views)
+    extraction_seconds = time.perf_counter() - started
+
+    run = Run.create(config, data.competition.classes, run_dir)
+    if len(data.skipped):
+        write_atomic(run.file(Run.skipped_file), data.skipped.to_csv(index=False))
+    n_classes = len(data.competition.classes)
+    log.info(
+        f"training a {config.head} head on {x.shape[1]} features x {len(x)} rows "
+        f"({config.feature_views} views of {len(data.train)} images; {len(data.val)} held out) -> {run.path}"
+    )
+    started = time.perf_counter()
+    head, history = features.HEADS[config.head](config, x, y, x_val, data.val["label"].to_numpy(), n_classes)
+    head_seconds = time.perf_counter() - started
+    features.save_head(run, head)
+    probabilities = head.predict(x_val, batch_size=1024, verbose=0)
+    scores = evaluate_probabilities(probabilities, data.val["label"].to_numpy(), n_classes)
+    metrics = {f"val_{k}": v for k, v in scores.items()} | {
+        "uniform_log_loss": math.log(n_classes),
+        "method": "features",
+        "head": config.head,
+        "features": int(x.shape[1]),
+        "train_images": len(data.train),
+        "val_images": len(data.val),
+        "feature_rows": len(x),
+        "images_extracted": cache.extracted,
+        "extraction_seconds": round(extraction_seconds, 2),
+        "head_seconds": round(head_seconds, 3),
+    }
+    if config.head == "dense":
+        metrics |= {"best_epoch": int(history["val_loss"].idxmin()) + 1, "epochs": len(history)}
+        write_atomic(run.file(Run.log_file), history.to_csv(index=False))
+        plot_history(history, run.file(Run.plot_file), title=f"{run.name}: dense head on cached features")
+    else:
+        write_atomic(run.file("head_search.csv"), history.to_csv(index=False))
+    run.save_metrics(metrics)
+    return TrainResult(run, metrics)
+
+
 def resume(run_ref: str) -> TrainResult:
     """Continue a stopped run from its last completed epoch, on the same split."""
     run = Run.open(run_ref, need_model=False)
     config = run.config()
+    if config.method == "features":
+        raise DogbreedsError(
+            f"run {run.path} uses cached features: run its training command again; the extraction resumes by itself"
+        )
     progress_path = run.file(Run.progress_file)
     if not progress_path.is_file() or not run.file(Run.last_file).is_file():
         raise DogbreedsError(f"run {run.path} has no completed epoch to resume from; train it again")
