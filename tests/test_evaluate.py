@@ -7,12 +7,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import dogbreeds
 from PIL import Image
 
 from dogbreeds.calibration import Calibration, apply_temperature, clip
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
+
+from conftest import dogbreeds
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

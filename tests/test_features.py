@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from conftest import dogbreeds
 from dogbreeds.config import TrainConfig
 from dogbreeds.features import FeatureCache, FeatureSpec, train_logreg_head, training_features
 from dogbreeds.models import build_backbone
+
+from conftest import dogbreeds
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import keras
 import pandas as pd
 import pytest
 import tensorflow as tf
-from conftest import dogbreeds
 from PIL import Image
 
 from dogbreeds.config import TrainConfig
@@ -21,6 +20,8 @@ from dogbreeds.models import build_backbone
 from dogbreeds.pipeline import inspect_images
 from dogbreeds.runs import Run
 from dogbreeds.training import user_facing_failures
+
+from conftest import dogbreeds
 
 TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--image-size", 48, "--batch-size", 8]
 
