@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,9 @@ def child(args) -> None:
     images = frame(args.data, args.images)
     with tempfile.TemporaryDirectory() as cache:
         FeatureCache(cache, args.batch_size).features(spec, images)
-    print(json.dumps({"images": args.images, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM belongs to this process's own memory map; ru_maxrss would carry the parent's peak over exec.
+    peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print(json.dumps({"images": args.images, "peak_rss_mb": peak_kb / 1024}))
 
 
 def main(args) -> None:

@@ -218,26 +218,35 @@ def train_dense_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) ->
     keras.utils.set_random_seed(config.seed)
     model = _dense_head(x.shape[1], n_classes, config.dropout)
     optimizer = keras.optimizers.Adam(config.learning_rate)
+    optimizer.build(model.trainable_variables)  # variables made inside the traced epoch would trace it twice
     cross_entropy = keras.losses.SparseCategoricalCrossentropy()
     x, y = tf.constant(x, tf.float32), tf.constant(y, tf.int64)
     x_val, y_val = tf.constant(x_val, tf.float32), tf.constant(y_val, tf.int64)
-    batch_size = config.batch_size
+    # About 32 steps an epoch, of 32 to 256 vectors: measured on CIFAR features, larger batches
+    # gave both a lower validation log loss and a faster head than the images' --batch-size.
+    batch_size = int(np.clip(len(x) // 32, 32, 256))
 
-    def scores(inputs, labels):
-        p = model(inputs, training=False)
-        accuracy = tf.reduce_mean(tf.cast(tf.argmax(p, axis=1) == labels, tf.float32))
-        return cross_entropy(labels, p), accuracy
+    def correct(labels, p):
+        return tf.reduce_sum(tf.cast(tf.argmax(p, axis=1) == labels, tf.float32))
 
     @tf.function
     def epoch(seed):
-        order = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(x)[0]), seed)
-        for start in tf.range(0, tf.shape(x)[0], batch_size):
+        n = tf.shape(x)[0]
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed)
+        total_loss, total_correct = 0.0, 0.0
+        for start in tf.range(0, n, batch_size):
             rows = order[start : start + batch_size]
+            labels = tf.gather(y, rows)
             with tf.GradientTape() as tape:
-                loss = cross_entropy(tf.gather(y, rows), model(tf.gather(x, rows), training=True))
+                p = model(tf.gather(x, rows), training=True)
+                loss = cross_entropy(labels, p)
             gradients = tape.gradient(loss, model.trainable_variables)
             optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return (*scores(x, y), *scores(x_val, y_val))
+            total_loss += loss * tf.cast(tf.shape(rows)[0], tf.float32)
+            total_correct += correct(labels, p)
+        p_val = model(x_val, training=False)
+        size, val_size = tf.cast(n, tf.float32), tf.cast(tf.shape(x_val)[0], tf.float32)
+        return total_loss / size, total_correct / size, cross_entropy(y_val, p_val), correct(y_val, p_val) / val_size
 
     rows, best, wait = [], (math.inf, None), 0
     for i in range(config.head_epochs):

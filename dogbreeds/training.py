@@ -98,14 +98,14 @@ def prepare_data(config: TrainConfig) -> Data:
     competition = Competition.load(config.data)
     if not (competition.root / "train").is_dir():
         raise DogbreedsError(f"{competition.root / 'train'} not found: unzip train.zip there")
-    labels = competition.labels
-    report = inspect_images(labels["path"].tolist())
-    labels = labels.assign(orientation=report["orientation"].to_numpy())
-    train_frame, val_frame = split(labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
-    problem = dict(zip(report["path"], report["problem"]))
-    used = pd.concat([train_frame, val_frame])
-    bad = used["path"].map(problem) != ""
-    skipped = used.loc[bad, ["id", "path"]].assign(problem=used.loc[bad, "path"].map(problem))
+    train_frame, val_frame = split(competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    used = pd.concat([train_frame, val_frame], ignore_index=True)
+    report = inspect_images(used["path"].tolist())  # only the images this run uses (--limit)
+    orientation = dict(zip(report["path"], report["orientation"]))
+    train_frame = train_frame.assign(orientation=train_frame["path"].map(orientation))
+    val_frame = val_frame.assign(orientation=val_frame["path"].map(orientation))
+    bad = (report["problem"] != "").to_numpy()
+    skipped = used.loc[bad, ["id", "path"]].assign(problem=report.loc[bad, "problem"].to_numpy())
     if len(skipped):
         listing = "; ".join(f"{r.id} ({r.problem})" for r in skipped.head(3).itertuples())
         if bad.mean() > config.max_unreadable:
@@ -114,9 +114,9 @@ def prepare_data(config: TrainConfig) -> Data:
                 f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix those files or their rows"
             )
         log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
-        keep = set(skipped["path"])
-        train_frame = train_frame[~train_frame["path"].isin(keep)].reset_index(drop=True)
-        val_frame = val_frame[~val_frame["path"].isin(keep)].reset_index(drop=True)
+        unreadable = set(skipped["path"])
+        train_frame = train_frame[~train_frame["path"].isin(unreadable)].reset_index(drop=True)
+        val_frame = val_frame[~val_frame["path"].isin(unreadable)].reset_index(drop=True)
     return Data(competition, train_frame, val_frame, skipped)
 
 
@@ -290,14 +290,17 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
     data = prepare_data(config)
     cache = features.FeatureCache(config.cache_dir, config.batch_size)
     started = time.perf_counter()
-    x = features.training_features(cache, config, data.train)
-    y = np.tile(data.train["label"].to_numpy(), config.feature_views)
     views = features.evaluation_views(config)
-    x_val = features.ensemble_features(cache, config, data.val, views)
-    test = data.competition.test_frame()
-    if len(test):  # submit will find these cached
+    try:
+        x = features.training_features(cache, config, data.train)
+        x_val = features.ensemble_features(cache, config, data.val, views)
+        test = data.competition.test_frame()
         report = inspect_images(test["path"].tolist())
-        features.ensemble_features(cache, config, test.assign(orientation=report["orientation"].to_numpy()), views)
+        if len(test) and (report["problem"] == "").all():  # submit will find these cached
+            features.ensemble_features(cache, config, test.assign(orientation=report["orientation"].to_numpy()), views)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; run the same command again: the extraction resumes where it stopped") from None
+    y = np.tile(data.train["label"].to_numpy(), config.feature_views)
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config, data.competition.classes, run_dir)

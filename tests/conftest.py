@@ -34,3 +34,16 @@ def dogbreeds(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
+
+
+TINY = ("--backbone", "tiny_cnn", "--weights", "none", "--image-size", 48, "--batch-size", 8)
+
+
+def train_tiny(data, run, *, epochs: int = 2, fine_tune_epochs: int = 6) -> subprocess.CompletedProcess:
+    """Train the tiny backbone from scratch through the console script; fails the test if it fails."""
+    result = dogbreeds(
+        "train", "--data", data, *TINY, "--epochs", epochs, "--fine-tune-epochs", fine_tune_epochs,
+        "--learning-rate", 3e-3, "--fine-tune-learning-rate", 2e-3, "--run-dir", run,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return result

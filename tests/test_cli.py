@@ -7,36 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import dogbreeds
+from conftest import dogbreeds, train_tiny
 
 
 @pytest.fixture(scope="module")
 def trained(competition, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "tiny"
-    result = dogbreeds(
-        "train",
-        "--data",
-        competition,
-        "--backbone",
-        "tiny_cnn",
-        "--weights",
-        "none",
-        "--image-size",
-        48,
-        "--batch-size",
-        8,
-        "--epochs",
-        2,
-        "--fine-tune-epochs",
-        6,
-        "--learning-rate",
-        3e-3,
-        "--fine-tune-learning-rate",
-        2e-3,
-        "--run-dir",
-        run,
-    )
-    assert result.returncode == 0, result.stderr
+    result = train_tiny(competition, run)
     return run, result
 
 

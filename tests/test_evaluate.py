@@ -13,7 +13,7 @@ from dogbreeds.calibration import Calibration, apply_temperature, clip
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
 
-from conftest import dogbreeds
+from conftest import dogbreeds, train_tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -23,30 +23,7 @@ def evaluated(competition, tmp_path_factory):
     """A tiny_cnn run, trained briefly, then evaluated by name from a folder holding runs/."""
     home = tmp_path_factory.mktemp("home")
     run = home / "runs" / "tiny"
-    result = dogbreeds(
-        "train",
-        "--data",
-        competition,
-        "--backbone",
-        "tiny_cnn",
-        "--weights",
-        "none",
-        "--image-size",
-        48,
-        "--batch-size",
-        8,
-        "--epochs",
-        1,
-        "--fine-tune-epochs",
-        3,
-        "--learning-rate",
-        3e-3,
-        "--fine-tune-learning-rate",
-        2e-3,
-        "--run-dir",
-        run,
-    )
-    assert result.returncode == 0, result.stderr
+    train_tiny(competition, run, epochs=1, fine_tune_epochs=3)
     result = dogbreeds("evaluate", "--run", "tiny", cwd=home)
     assert result.returncode == 0, result.stderr
     return home, run, result

@@ -21,9 +21,7 @@ from dogbreeds.pipeline import inspect_images
 from dogbreeds.runs import Run
 from dogbreeds.training import user_facing_failures
 
-from conftest import dogbreeds
-
-TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--image-size", 48, "--batch-size", 8]
+from conftest import TINY, dogbreeds
 
 
 def one_error_line(result, *fragments):
