@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from dogbreeds.runs import temporary_sibling  # noqa: E402
@@ -46,6 +47,7 @@ def plot_history(log: pd.DataFrame, out: Path, title: str = "") -> Path:
         if len(fine_tune) and len(fine_tune) < len(log):
             ax.axvline(fine_tune.iloc[0] + 0.5, color="grey", linestyle="--", label="fine-tuning starts")
         ax.set(xlabel="epoch", ylabel=label, title=f"{label} per epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
