@@ -110,8 +110,8 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
                 "and pass --weights /kaggle/input/<dataset>/<file>.h5"
             ) from None
         raise DogbreedsError(
-            f"--weights {weights} does not fit {name} ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
-            "pass the weights file of this backbone without its top (include_top=False)"
+            f"--weights {weights} does not fit {name}: its layers or shapes differ ({type(error).__name__}); "
+            f"pass the weights file of {name} without its top (include_top=False)"
         ) from None
 
 
