@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -99,7 +100,9 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
         raise DogbreedsError(f"{name} needs --image-size of at least {spec.min_size}, got {image_size}")
     source = _weights_argument(weights)
     try:
-        return spec.build(include_top=False, weights=source, input_shape=(image_size, image_size, 3))
+        with warnings.catch_warnings():  # a mismatched file makes Keras warn per layer; one line below says it
+            warnings.simplefilter("ignore")
+            return spec.build(include_top=False, weights=source, input_shape=(image_size, image_size, 3))
     except DogbreedsError:
         raise
     except Exception as error:  # Keras raises bare Exception/ValueError for both cases below

@@ -287,3 +287,13 @@ def test_resume_needs_a_completed_epoch(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     result = dogbreeds("--debug", "train", "--data", tmp_path / "nowhere")
     assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_weights_of_another_backbone_is_one_line_and_nothing_else(competition, tmp_path):
+    path = tmp_path / "tiny.weights.h5"
+    build_backbone("tiny_cnn", "none", 64).save_weights(path)
+    result = dogbreeds("train", "--data", competition, "--backbone", "mobilenet_v2", "--weights", path,
+                       "--image-size", 64, "--run-dir", tmp_path / "run")  # fmt: skip
+    one_error_line(result, "does not fit mobilenet_v2", "without its top")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no per-layer warnings from Keras
+    assert not (tmp_path / "run").exists()
