@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from dogbreeds.config import Augmentation, TrainConfig
+from dogbreeds.config import CACHE_IMAGES, STRATEGIES, Augmentation, TrainConfig
 from dogbreeds.errors import DogbreedsError, log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
@@ -71,6 +71,10 @@ class Precision(str, Enum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
+Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)
+CacheImages = Enum("CacheImages", {name: name for name in CACHE_IMAGES}, type=str)
+
+
 DataOption = typer.Option(
     None,
     "--data",
@@ -86,6 +90,10 @@ CalibrateOption = typer.Option(
     True,
     "--calibrate/--no-calibrate",
     help="Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one.",
+)
+StrategyOption = typer.Option(
+    "auto",
+    help="tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",
 )
 
 
@@ -111,7 +119,13 @@ def train(
     seed: int = typer.Option(DEFAULTS.seed, help="Seed of the split, the shuffling and the augmentation."),
     limit: Optional[int] = typer.Option(None, help="Use a stratified subset of N labelled images (quick trial)."),
     loader: LoaderName = typer.Option(LoaderName.tfdata, help="tfdata (fast) or legacy (ImageDataGenerator)."),
-    precision: Precision = typer.Option(Precision.auto, help="auto: mixed_float16 on a GPU, float32 on a CPU."),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a TPU, float32 on a CPU."
+    ),
+    strategy: Strategy = StrategyOption,
+    cache_images: CacheImages = typer.Option(
+        "none", help="Keep decoded, resized images after the first epoch: in memory, or on disk in $DOGBREEDS_CACHE."
+    ),
     flip: bool = typer.Option(DEFAULTS.augmentation.flip, "--flip/--no-flip", help="Random horizontal mirror."),
     rotation: float = typer.Option(DEFAULTS.augmentation.rotation, help="Random rotation range, degrees."),
     shift: float = typer.Option(DEFAULTS.augmentation.shift, help="Random shift range, fraction of the size."),
@@ -155,6 +169,8 @@ def train(
         limit=limit,
         loader=loader.value,
         precision=precision.value,
+        strategy=strategy.value,
+        cache_images=cache_images.value,
         patience=patience,
         max_unreadable=max_unreadable,
         augmentation=Augmentation(flip=flip, rotation=rotation, shift=shift, zoom=zoom),
@@ -180,11 +196,14 @@ def submit(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
     batch_size: Optional[int] = BatchSizeOption,
     calibrate: bool = CalibrateOption,
+    strategy: Strategy = StrategyOption,
 ):
     """Predict every test image and write a submission CSV in the sample_submission format."""
     from dogbreeds.submission import submit as write_submission
 
-    result = write_submission(run, data, out, tta=tta, force=force, batch_size=batch_size, calibrate=calibrate)
+    result = write_submission(
+        run, data, out, tta=tta, force=force, batch_size=batch_size, calibrate=calibrate, strategy=strategy.value
+    )
     top = ", ".join(f"{breed} ({n})" for breed, n in result.top_breeds)
     typer.echo(result.calibration_note)
     typer.echo(

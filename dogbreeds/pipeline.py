@@ -205,6 +205,7 @@ class Loader:
     augmentation: Augmentation = field(default_factory=Augmentation.none)
     seed: int = 42
     cache: str = "none"  # decoded, resized images kept for later epochs: none, memory or disk
+    replicas: int = 1  # under tf.distribute, batches are split among this many replicas
 
     def training(self, frame: pd.DataFrame):
         """Batches of (images, labels), shuffled and augmented afresh each epoch."""
@@ -261,6 +262,13 @@ class TFDataLoader(Loader):
                 leftover.unlink()
         return prefix
 
+    def _padded(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The frame with its last row repeated up to a multiple of the replicas, so that no
+        replica gets an empty share of the last batch (a CPU convolution fails on one); the
+        callers drop the extra predictions."""
+        extra = -len(frame) % self.replicas
+        return frame.iloc[list(range(len(frame))) + [len(frame) - 1] * extra] if extra else frame
+
     def _finish(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         preprocess = self.preprocess
         ds = ds.map(lambda x, *y: (preprocess(tf.cast(x, tf.float32)), *y), num_parallel_calls=tf.data.AUTOTUNE)
@@ -279,7 +287,8 @@ class TFDataLoader(Loader):
             window = len(frame) if self.cache == "memory" else max(self.batch_size, DISK_SHUFFLE_BYTES // per_image)
             order = frame.sample(frac=1.0, random_state=self.seed) if self.cache == "disk" else frame
             ds = self._decoded(order).shuffle(min(window, len(frame)), seed=self.seed, reshuffle_each_iteration=True)
-        ds = ds.batch(self.batch_size)
+        # A last batch too small to split among the replicas is left out (other images each epoch).
+        ds = ds.batch(self.batch_size, drop_remainder=0 < len(frame) % self.batch_size < self.replicas)
         if self.augmentation.enabled:
             seeds = tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True).batch(2)
             augmentation = self.augmentation
@@ -290,10 +299,10 @@ class TFDataLoader(Loader):
         return self._finish(ds)
 
     def evaluation(self, frame: pd.DataFrame) -> tf.data.Dataset:
-        return self._finish(self._decoded(frame).batch(self.batch_size))
+        return self._finish(self._decoded(self._padded(frame)).batch(self.batch_size))
 
     def prediction(self, frame: pd.DataFrame) -> tf.data.Dataset:
-        ds = self._images(frame, labelled=False).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = self._images(self._padded(frame), labelled=False).map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
         preprocess = self.preprocess
         ds = ds.batch(self.batch_size).map(
             lambda x: preprocess(tf.cast(x, tf.float32)), num_parallel_calls=tf.data.AUTOTUNE

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from dogbreeds.calibration import EPSILON, Calibration, clip, describe
 from dogbreeds.competition import Competition
+from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.pipeline import Loader, inspect_images
 from dogbreeds.runs import Run, write_atomic
@@ -56,7 +57,8 @@ def predict(
     if tta:
         model = with_flip_tta(model)
     progress = ProgressBar(len(images), loader.batch_size, desc)
-    return np.asarray(model.predict(loader.prediction(images), verbose=0, callbacks=[progress]), dtype=np.float64)
+    probabilities = model.predict(loader.prediction(images), verbose=0, callbacks=[progress])
+    return np.asarray(probabilities[: len(images)], dtype=np.float64)  # without a loader's padding
 
 
 def readable_test_images(competition: Competition) -> pd.DataFrame:
@@ -124,7 +126,9 @@ def submit(
     force: bool = False,
     batch_size: int | None = None,
     calibrate: bool = True,
+    strategy: str = "auto",
 ) -> SubmitResult:
+    distribution = make_strategy(strategy)  # first: it may connect a TPU or split the CPU
     opened = Run.open(run)
     config = opened.config()
     competition = load_competition(opened, data, need_test=True)
@@ -136,8 +140,9 @@ def submit(
     images = readable_test_images(competition)
     if batch_size:
         config.batch_size = batch_size
-    with user_facing_failures(None, config.batch_size):
-        raw = predict(opened.load_model(), make_loader(config), images, tta=tta, desc="test images")
+    with user_facing_failures(None, config.batch_size), distribution.scope():
+        loader = make_loader(config, distribution.num_replicas_in_sync)
+        raw = predict(opened.load_model(), loader, images, tta=tta, desc="test images")
     used = calibration if calibrate else None
     probabilities = used.apply(raw) if used else clip(raw, EPSILON)
 

@@ -220,3 +220,14 @@ def test_a_disk_cache_left_half_written_is_dropped(competition, tmp_path, monkey
     (tmp_path / f"{prefix.name}_0.lockfile").write_bytes(b"")
     assert disk._cache_file(frame) == prefix and not list(tmp_path.iterdir())
     assert len(np.concatenate([x.numpy() for x, _ in disk.evaluation(frame)])) == len(frame)
+
+
+def test_no_replica_gets_an_empty_share_of_a_batch(competition):
+    """9 images, batches of 4 for 2 replicas: a last batch of 1 cannot be split."""
+    frame = frame_of(competition, n=9)
+    mirrored = loader(TFDataLoader)
+    mirrored.replicas = 2
+    assert [len(y) for _, y in mirrored.training(frame)] == [4, 4]  # the odd one out differs each epoch
+    labels = np.concatenate([y.numpy() for _, y in mirrored.evaluation(frame)])
+    assert labels.tolist() == [*frame["label"], frame["label"].iloc[-1]]  # the last repeated, then cut
+    assert sum(len(x) for x in mirrored.prediction(frame[["path"]])) == 10
