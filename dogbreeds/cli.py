@@ -273,6 +273,44 @@ def score(
 
 
 @app.command()
+def bench(
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Competition folder to read. Default: generated 500x375 JPEGs (a photo's decoding cost)."
+    ),
+    image_size: int = typer.Option(DEFAULTS.image_size, help="Square input size in pixels."),
+    backbone: str = typer.Option(DEFAULTS.backbone, help="Backbone of the forward and fine-tuning figures."),
+    weights: str = typer.Option("none", help="none, imagenet or a .h5 file: speed does not depend on them."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per batch."),
+    images: int = typer.Option(512, help="Training images the loaders read."),
+    model_images: int = typer.Option(96, help="Images the model sees in the forward, submit and fine-tuning figures."),
+    tta: bool = TTAOption,
+    precision: Precision = typer.Option(Precision.auto, help="As for train: auto picks by device."),
+    json_path: Optional[str] = typer.Option(
+        None, "--json", help="Also write the figures as JSON to this file ('-': standard output, and no table)."
+    ),
+):
+    """Images/s of the legacy and default loaders, decoding, the forward pass and submit, side by side."""
+    from dogbreeds.bench import bench as run_bench
+    from dogbreeds.bench import write_json
+
+    result = run_bench(
+        data,
+        image_size=image_size,
+        backbone=backbone,
+        weights=weights,
+        batch_size=batch_size,
+        images=images,
+        model_images=model_images,
+        tta=tta,
+        precision=precision.value,
+    )
+    if json_path != "-":
+        typer.echo(result.text())
+    if json_path:
+        write_json(result, json_path)
+
+
+@app.command()
 def backbones():
     """List the registered backbones with their native input size."""
     from dogbreeds.models import BACKBONES
