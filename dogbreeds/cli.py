@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from dogbreeds.config import Augmentation, TrainConfig
+from dogbreeds.config import CACHE_IMAGES, STRATEGIES, Augmentation, TrainConfig
 from dogbreeds.errors import DogbreedsError, log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
@@ -81,6 +81,10 @@ class Precision(str, Enum):
     mixed_bfloat16 = "mixed_bfloat16"
 
 
+Strategy = Enum("Strategy", {name: name for name in STRATEGIES}, type=str)
+CacheImages = Enum("CacheImages", {name: name for name in CACHE_IMAGES}, type=str)
+
+
 DataOption = typer.Option(
     None,
     "--data",
@@ -96,6 +100,10 @@ CalibrateOption = typer.Option(
     True,
     "--calibrate/--no-calibrate",
     help="Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one.",
+)
+StrategyOption = typer.Option(
+    "auto",
+    help="tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",
 )
 
 
@@ -128,7 +136,13 @@ def train(
     seed: int = typer.Option(DEFAULTS.seed, help="Seed of the split, the shuffling and the augmentation."),
     limit: Optional[int] = typer.Option(None, help="Use a stratified subset of N labelled images (quick trial)."),
     loader: LoaderName = typer.Option(LoaderName.tfdata, help="tfdata (fast) or legacy (ImageDataGenerator)."),
-    precision: Precision = typer.Option(Precision.auto, help="auto: mixed_float16 on a GPU, float32 on a CPU."),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto: mixed_float16 on a GPU, mixed_bfloat16 on a TPU, float32 on a CPU."
+    ),
+    strategy: Strategy = StrategyOption,
+    cache_images: CacheImages = typer.Option(
+        "none", help="Keep decoded, resized images after the first epoch: in memory, or on disk in $DOGBREEDS_CACHE."
+    ),
     flip: bool = typer.Option(DEFAULTS.augmentation.flip, "--flip/--no-flip", help="Random horizontal mirror."),
     rotation: float = typer.Option(DEFAULTS.augmentation.rotation, help="Random rotation range, degrees."),
     shift: float = typer.Option(DEFAULTS.augmentation.shift, help="Random shift range, fraction of the size."),
@@ -184,6 +198,8 @@ def train(
         limit=limit,
         loader=loader.value,
         precision=precision.value,
+        strategy=strategy.value,
+        cache_images=cache_images.value,
         patience=patience,
         max_unreadable=max_unreadable,
         head=head.value,
@@ -217,11 +233,14 @@ def submit(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
     batch_size: Optional[int] = BatchSizeOption,
     calibrate: bool = CalibrateOption,
+    strategy: Strategy = StrategyOption,
 ):
     """Predict every test image and write a submission CSV in the sample_submission format."""
     from dogbreeds.submission import submit as write_submission
 
-    result = write_submission(run, data, out, tta=tta, force=force, batch_size=batch_size, calibrate=calibrate)
+    result = write_submission(
+        run, data, out, tta=tta, force=force, batch_size=batch_size, calibrate=calibrate, strategy=strategy.value
+    )
     top = ", ".join(f"{breed} ({n})" for breed, n in result.top_breeds)
     typer.echo(result.calibration_note)
     typer.echo(
@@ -288,6 +307,44 @@ def score(
             raise DogbreedsError(f"{path} not found")
     result = score_submission(submission_csv, solution)
     typer.echo(f"log loss {result['log_loss']:.4f}, accuracy {result['accuracy']:.2%}")
+
+
+@app.command()
+def bench(
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Competition folder to read. Default: generated 500x375 JPEGs (a photo's decoding cost)."
+    ),
+    image_size: int = typer.Option(DEFAULTS.image_size, help="Square input size in pixels."),
+    backbone: str = typer.Option(DEFAULTS.backbone, help="Backbone of the forward and fine-tuning figures."),
+    weights: str = typer.Option("none", help="none, imagenet or a .h5 file: speed does not depend on them."),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per batch."),
+    images: int = typer.Option(512, help="Training images the loaders read."),
+    model_images: int = typer.Option(96, help="Images the model sees in the forward, submit and fine-tuning figures."),
+    tta: bool = TTAOption,
+    precision: Precision = typer.Option(Precision.auto, help="As for train: auto picks by device."),
+    json_path: Optional[str] = typer.Option(
+        None, "--json", help="Also write the figures as JSON to this file ('-': standard output, and no table)."
+    ),
+):
+    """Images/s of the legacy and default loaders, decoding, the forward pass and submit, side by side."""
+    from dogbreeds.bench import bench as run_bench
+    from dogbreeds.bench import write_json
+
+    result = run_bench(
+        data,
+        image_size=image_size,
+        backbone=backbone,
+        weights=weights,
+        batch_size=batch_size,
+        images=images,
+        model_images=model_images,
+        tta=tta,
+        precision=precision.value,
+    )
+    if json_path != "-":
+        typer.echo(result.text())
+    if json_path:
+        write_json(result, json_path)
 
 
 @app.command()

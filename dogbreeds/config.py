@@ -53,6 +53,8 @@ class TrainConfig:
     limit: int | None = None
     loader: str = "tfdata"
     precision: str = "auto"
+    strategy: str = "auto"  # tf.distribute: auto, default, mirrored, tpu, multi_worker
+    cache_images: str = "none"  # keep decoded images after the first epoch: none, memory, disk
     patience: int = 3
     max_unreadable: float = 0.01  # share of training images that may be skipped as unreadable
     head: str = "dense"  # features: "dense" (Keras) or "logreg" (scikit-learn)
@@ -117,6 +119,15 @@ class TrainConfig:
                 self.precision in PRECISIONS,
                 f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
             ),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
+            (
+                self.cache_images in CACHE_IMAGES,
+                f"--cache-images must be one of {', '.join(CACHE_IMAGES)}, got {self.cache_images!r}",
+            ),
+            (
+                self.cache_images == "none" or self.loader == "tfdata",
+                "--cache-images works with --loader tfdata only; drop it or use the default loader",
+            ),
             (0 <= self.max_unreadable < 1, f"--max-unreadable must be in [0, 1), got {self.max_unreadable}"),
             (
                 0 <= self.augmentation.shift < 1 and 0 <= self.augmentation.zoom < 1,
@@ -159,3 +170,5 @@ class TrainConfig:
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 METHODS = ("finetune", "features")
 HEADS = ("dense", "logreg")
+STRATEGIES = ("auto", "default", "mirrored", "tpu", "multi_worker")
+CACHE_IMAGES = ("none", "memory", "disk")

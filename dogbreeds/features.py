@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 from dogbreeds.config import Augmentation, TrainConfig
 from dogbreeds.errors import log
 from dogbreeds.models import build_backbone, get_backbone
+from dogbreeds.pipeline import CACHE_FORMAT as DECODING_FORMAT
 from dogbreeds.pipeline import TFDataLoader
 from dogbreeds.runs import Run, write_atomic
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: images decoded by the pipeline's uint8, DCT-scaled JPEG path
 
 
 def view_name(view: int) -> str:
@@ -83,6 +84,7 @@ class FeatureSpec:
             weights = "sha256:" + _file_digest(weights)  # the content, wherever the file lies
         identity = {
             "format": CACHE_FORMAT,
+            "decoding": DECODING_FORMAT,  # a change in how images are decoded changes the vectors
             "keras": keras.__version__,
             "backbone": self.backbone,
             "weights": weights,

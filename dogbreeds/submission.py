@@ -14,10 +14,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 from dogbreeds.calibration import EPSILON, Calibration, clip, describe
 from dogbreeds.competition import Competition
+from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.pipeline import Loader, inspect_images
 from dogbreeds.runs import Run, write_atomic
@@ -56,16 +58,22 @@ def predict(
     if tta:
         model = with_flip_tta(model)
     progress = ProgressBar(len(images), loader.batch_size, desc)
-    return np.asarray(model.predict(loader.prediction(images), verbose=0, callbacks=[progress]), dtype=np.float64)
+    probabilities = model.predict(loader.prediction(images), verbose=0, callbacks=[progress])
+    return np.asarray(probabilities[: len(images)], dtype=np.float64)  # without a loader's padding
 
 
-def predict_run(run: Run, config, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict") -> np.ndarray:
+def predict_run(
+    run: Run, config, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict", strategy=None
+) -> np.ndarray:
     """A run's probabilities for a frame of images, whichever method trained it."""
     if config.method == "features":
         from dogbreeds.features import predict_images
 
         return predict_images(run, config, images, tta=tta)
-    return predict(run.load_model(), make_loader(config), images, tta=tta, desc=desc)
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        loader = make_loader(config, strategy.num_replicas_in_sync)
+        return predict(run.load_model(), loader, images, tta=tta, desc=desc)
 
 
 def readable_test_images(competition: Competition) -> pd.DataFrame:
@@ -133,7 +141,9 @@ def submit(
     force: bool = False,
     batch_size: int | None = None,
     calibrate: bool = True,
+    strategy: str = "auto",
 ) -> SubmitResult:
+    distribution = make_strategy(strategy)  # first: it may connect a TPU or split the CPU
     opened = Run.open(run)
     config = opened.config()
     competition = load_competition(opened, data, need_test=True)
@@ -146,7 +156,7 @@ def submit(
     if batch_size:
         config.batch_size = batch_size
     with user_facing_failures(None, config.batch_size):
-        raw = predict_run(opened, config, images, tta=tta, desc="test images")
+        raw = predict_run(opened, config, images, tta=tta, desc="test images", strategy=distribution)
     used = calibration if calibrate else None
     probabilities = used.apply(raw) if used else clip(raw, EPSILON)
 

@@ -26,6 +26,7 @@ from sklearn.metrics import log_loss
 
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
+from dogbreeds.distribute import describe, make_strategy, worker_run_dir
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.pipeline import LOADERS, Loader, inspect_images
@@ -44,15 +45,18 @@ def resolve_precision(precision: str) -> str:
     return "float32"
 
 
-def make_loader(config: TrainConfig) -> Loader:
+def make_loader(config: TrainConfig, replicas: int = 1) -> Loader:
+    """The configured loader; its batches are global: --batch-size per replica, times the replicas."""
     if config.loader not in LOADERS:
         raise DogbreedsError(f"unknown --loader {config.loader!r}; choose one of: {', '.join(LOADERS)}")
     return LOADERS[config.loader](
         image_size=config.image_size,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size * replicas,
         preprocess=get_backbone(config.backbone).preprocess,
         augmentation=config.augmentation,
         seed=config.seed,
+        cache=config.cache_images,
+        replicas=replicas,
     )
 
 
@@ -187,8 +191,10 @@ def _backbone_of(model: keras.Model) -> keras.Model:
     return next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
 
-def _fit_phases(model: keras.Model, run: Run, config: TrainConfig, data: Data, progress: Progress) -> None:
-    loader = make_loader(config)
+def _fit_phases(
+    model: keras.Model, run: Run, config: TrainConfig, data: Data, progress: Progress, replicas: int = 1
+) -> None:
+    loader = make_loader(config, replicas)
     train_data, val_data = loader.training(data.train), loader.evaluation(data.val)
     backbone = _backbone_of(model)
     saver = SaveProgress(run, progress)
@@ -196,6 +202,7 @@ def _fit_phases(model: keras.Model, run: Run, config: TrainConfig, data: Data, p
     for phase, epochs, learning_rate, layers in _phases(config):
         if phase in progress.completed:
             continue
+        learning_rate *= replicas  # the linear scaling rule: the rate follows the global batch
         if progress.phase != phase:  # a new phase; a resumed one keeps its compiled optimizer
             progress.phase, progress.phase_start = phase, progress.epoch
             if phase == "frozen":
@@ -229,10 +236,11 @@ def _fit_phases(model: keras.Model, run: Run, config: TrainConfig, data: Data, p
         write_atomic(run.file(Run.progress_file), json.dumps(asdict(progress)))
 
 
-def _finish(run: Run, config: TrainConfig, data: Data, precision: str) -> TrainResult:
+def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy) -> TrainResult:
     """Score the best model on the validation split; metrics.json and the plot."""
+    replicas = strategy.num_replicas_in_sync
     best = keras.models.load_model(run.file(Run.model_file), safe_mode=True)  # no code runs from the file
-    probabilities = best.predict(make_loader(config).evaluation(data.val), verbose=0)
+    probabilities = best.predict(make_loader(config, replicas).evaluation(data.val), verbose=0)[: len(data.val)]
     n_classes = len(data.competition.classes)
     scores = evaluate_probabilities(probabilities, data.val["label"].to_numpy(), n_classes)
     history = pd.read_csv(run.file(Run.log_file))
@@ -244,6 +252,8 @@ def _finish(run: Run, config: TrainConfig, data: Data, precision: str) -> TrainR
         "val_images": len(data.val),
         "train_seconds": round(float(history["seconds"].sum()), 1),
         "precision": precision,
+        "strategy": describe(strategy),
+        "global_batch_size": config.batch_size * replicas,
     }
     run.save_metrics(metrics)
     plot_history(history, run.file(Run.plot_file), title=run.name)
@@ -254,29 +264,32 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
     if config.method == "features":
         return train_features(config, run_dir)
+    strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
     data = prepare_data(config)
     keras.utils.set_random_seed(config.seed)
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
-    backbone = build_backbone(config.backbone, config.weights, config.image_size)
-    model = build_classifier(
-        backbone,
-        len(data.competition.classes),
-        dropout=config.dropout,
-        hidden_units=config.hidden_units,
-        pretrained=config.pretrained,
-    )
-    run = Run.create(config, data.competition.classes, run_dir)
+    with strategy.scope():
+        backbone = build_backbone(config.backbone, config.weights, config.image_size)
+        model = build_classifier(
+            backbone,
+            len(data.competition.classes),
+            dropout=config.dropout,
+            hidden_units=config.hidden_units,
+            pretrained=config.pretrained,
+        )
+    run = Run.create(config, data.competition.classes, worker_run_dir(run_dir, strategy))
     if len(data.skipped):
         write_atomic(run.file(Run.skipped_file), data.skipped.to_csv(index=False))
         log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
     log.info(
         f"training {config.backbone} at {config.image_size}px on {len(data.train)} images "
-        f"({len(data.val)} held out, {len(data.competition.classes)} classes, {precision}) -> {run.path}"
+        f"({len(data.val)} held out, {len(data.competition.classes)} classes, {precision}, "
+        f"{describe(strategy)}) -> {run.path}"
     )
-    with user_facing_failures(run, config.batch_size):
-        _fit_phases(model, run, config, data, Progress())
-        return _finish(run, config, data, precision)
+    with user_facing_failures(run, config.batch_size), strategy.scope():
+        _fit_phases(model, run, config, data, Progress(), strategy.num_replicas_in_sync)
+        return _finish(run, config, data, precision, strategy)
 
 
 def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
@@ -351,14 +364,16 @@ def resume(run_ref: str) -> TrainResult:
     if not progress_path.is_file() or not run.file(Run.last_file).is_file():
         raise DogbreedsError(f"run {run.path} has no completed epoch to resume from; train it again")
     progress = Progress(**json.loads(progress_path.read_text()))
+    strategy = make_strategy(config.strategy)
     data = prepare_data(config)
     if data.competition.classes != run.classes():
         raise DogbreedsError(f"the classes of {data.competition.root} differ from run {run.path}'s; resume on its data")
     precision = resolve_precision(config.precision)
     keras.mixed_precision.set_global_policy(precision)
     keras.utils.set_random_seed(config.seed + progress.epoch)  # fresh but repeatable draws from here
-    model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
-    log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'})")
-    with user_facing_failures(run, config.batch_size):
-        _fit_phases(model, run, config, data, progress)
-        return _finish(run, config, data, precision)
+    with strategy.scope():  # the model's variables, and its optimizer's, live on every replica
+        model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
+    log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
+    with user_facing_failures(run, config.batch_size), strategy.scope():
+        _fit_phases(model, run, config, data, progress, strategy.num_replicas_in_sync)
+        return _finish(run, config, data, precision, strategy)

@@ -5,11 +5,21 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from dogbreeds.config import Augmentation
-from dogbreeds.pipeline import LegacyLoader, TFDataLoader, decode, inspect_images, random_affine
+from dogbreeds.pipeline import (
+    LegacyLoader,
+    TFDataLoader,
+    affine_transforms,
+    decode,
+    inspect_images,
+    random_affine,
+    warp,
+)
 
 
 def as_array(path, size=32, orientation=1):
-    return decode(tf.constant(str(path)), tf.constant(orientation), size).numpy()
+    image = decode(tf.constant(str(path)), tf.constant(orientation), size)
+    assert image.dtype == tf.uint8
+    return image.numpy().astype(np.float32)
 
 
 def gradient(width=40, height=30):
@@ -38,7 +48,7 @@ def test_decode_copes_with_real_photo_formats(tmp_path, mode, fmt):
         picture = Image.fromarray(gradient()).convert(mode)
     picture.save(path, format=fmt)
     image = as_array(path)
-    assert image.shape == (32, 32, 3) and image.dtype == np.float32
+    assert image.shape == (32, 32, 3)
     assert 0 <= image.min() and image.max() <= 255 and image.std() > 10
 
 
@@ -138,3 +148,89 @@ def test_legacy_and_tfdata_loaders_agree(competition):
     y_legacy = np.concatenate([legacy[i][1] for i in range(len(legacy))]).astype(int)
     assert y_legacy.tolist() == frame["label"].tolist()
     assert np.abs(x_tf - x_legacy).mean() < 0.05
+
+
+def test_warp_matches_tensorflows_projective_transform():
+    """The XLA warp resamples like ImageProjectiveTransformV3 (bilinear, nearest-edge fill), only faster."""
+    batch = tf.constant(np.stack([gradient(40, 30), gradient(40, 30)[::-1]]).astype(np.float32))
+    transforms = affine_transforms(2, 30.0, 40.0, tf.constant([3, 4], tf.int64), Augmentation(rotation=30, zoom=0.3))
+    reference = tf.raw_ops.ImageProjectiveTransformV3(
+        images=batch,
+        transforms=tf.concat([transforms, tf.zeros((2, 2))], axis=1),
+        output_shape=(30, 40),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )
+    got = warp(batch, transforms)
+    assert got.dtype == tf.float32 and got.shape == batch.shape
+    assert np.abs(got.numpy() - reference.numpy()).mean() < 0.5  # of 255; equal but at the clamped edges
+    assert np.abs(got.numpy() - batch.numpy()).mean() > 5  # and it did move the pixels
+
+
+def test_large_jpegs_are_decoded_scaled_down_without_aliasing(tmp_path):
+    """A fine checkerboard must come out grey, as PIL's antialiased resize makes it, not as moire."""
+    path = tmp_path / "big.jpg"
+    squares = (np.indices((1600, 2400)).sum(axis=0) % 2 * 255).astype(np.uint8)  # 1-px squares
+    Image.fromarray(squares).convert("RGB").save(path, quality=95)
+    expected = np.asarray(Image.open(path).resize((64, 64), Image.BILINEAR), dtype=np.float32)
+    got = as_array(path, size=64)
+    assert np.abs(got - expected).mean() < 8
+    naive = tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(str(path)), channels=3), (64, 64)).numpy()
+    assert np.abs(naive - expected).mean() > 30  # what a plain bilinear resize of the full image gives
+
+
+@pytest.mark.parametrize("cache", ["memory", "disk"])
+def test_cached_training_is_random_across_epochs_but_repeatable(competition, tmp_path, monkeypatch, cache):
+    monkeypatch.setenv("DOGBREEDS_CACHE", str(tmp_path / "cache"))
+    frame = frame_of(competition)
+    cached = loader(TFDataLoader, seed=5)
+    cached.cache = cache
+    a1, a2 = first_epochs(cached.training(frame))
+    b1, b2 = first_epochs(cached.training(frame))  # the disk cache is read back here
+    np.testing.assert_array_equal(a1, b1)
+    np.testing.assert_array_equal(a2, b2)
+    assert not np.allclose(a1, a2)
+    if cache == "disk":
+        assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".data-00000-of-00001", ".index"]
+    plain = loader(TFDataLoader, seed=5)
+    x_eval = np.concatenate([x.numpy() for x, _ in cached.evaluation(frame)])
+    np.testing.assert_array_equal(x_eval, np.concatenate([x.numpy() for x, _ in plain.evaluation(frame)]))
+
+
+def test_fast_training_batches_look_like_evaluation_batches(competition):
+    """Same shape, dtype and range as the deterministic path; without augmentation, the same pictures."""
+    frame = frame_of(competition)
+    x_eval = np.concatenate([x.numpy() for x, _ in loader(TFDataLoader, size=20).evaluation(frame)])
+    for augmentation in (Augmentation(), Augmentation.none()):
+        batches = list(loader(TFDataLoader, augmentation=augmentation, size=20).training(frame))
+        for x, y in batches:
+            assert x.dtype == tf.float32 and y.dtype == tf.int64 and x.shape[1:] == x_eval.shape[1:] == (20, 20, 3)
+            assert -1.0 <= x.numpy().min() and x.numpy().max() <= 1.0
+    # The warp straight from the file, with nothing to do but resize, resizes as decode() does.
+    x_train = np.concatenate([x.numpy() for x, _ in batches])
+    nearest = [np.abs(x_eval - image).mean(axis=(1, 2, 3)).min() for image in x_train]
+    assert max(nearest) < 0.005  # uint8 rounding apart (of 2: the range after preprocessing)
+
+
+def test_a_disk_cache_left_half_written_is_dropped(competition, tmp_path, monkeypatch):
+    monkeypatch.setenv("DOGBREEDS_CACHE", str(tmp_path))
+    disk = loader(TFDataLoader)
+    disk.cache = "disk"
+    frame = frame_of(competition)
+    prefix = disk._cache_file(frame)
+    (tmp_path / f"{prefix.name}.data-00000-of-00001").write_bytes(b"half")
+    (tmp_path / f"{prefix.name}_0.lockfile").write_bytes(b"")
+    assert disk._cache_file(frame) == prefix and not list(tmp_path.iterdir())
+    assert len(np.concatenate([x.numpy() for x, _ in disk.evaluation(frame)])) == len(frame)
+
+
+def test_no_replica_gets_an_empty_share_of_a_batch(competition):
+    """9 images, batches of 4 for 2 replicas: a last batch of 1 cannot be split."""
+    frame = frame_of(competition, n=9)
+    mirrored = loader(TFDataLoader)
+    mirrored.replicas = 2
+    assert [len(y) for _, y in mirrored.training(frame)] == [4, 4]  # the odd one out differs each epoch
+    labels = np.concatenate([y.numpy() for _, y in mirrored.evaluation(frame)])
+    assert labels.tolist() == [*frame["label"], frame["label"].iloc[-1]]  # the last repeated, then cut
+    assert sum(len(x) for x in mirrored.prediction(frame[["path"]])) == 10

@@ -1,0 +1,53 @@
+"""`dogbreeds bench` on generated photos: every stage measured, the JSON complete."""
+
+import json
+
+from conftest import dogbreeds
+
+STAGES = {
+    "legacy_loader",
+    "tfdata_loader",
+    "tfdata_cached",
+    "decode",
+    "decode_resize",
+    "forward",
+    "submit",
+    "fit_in_memory",
+    "fit_from_files",
+}
+
+
+def test_bench_measures_every_stage_on_generated_photos(tmp_path):
+    result = dogbreeds(
+        "bench",
+        *("--backbone", "tiny_cnn", "--image-size", 48, "--batch-size", 8),
+        *("--images", 24, "--model-images", 16, "--json", "-"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(result.stdout)  # nothing but the JSON on standard output
+    assert set(figures) == {"settings", "machine", "stages", "rates", "ratios"}
+    settings = figures["settings"]
+    assert settings["data"] == "24 generated 500x375 JPEGs"
+    assert (settings["image_size"], settings["backbone"], settings["images"], settings["model_images"]) == (
+        48,
+        "tiny_cnn",
+        24,
+        16,
+    )
+    assert settings["tta"] is True and settings["augmentation"]["rotation"] == 15.0
+    for key in ("device", "cpus", "precision", "tensorflow", "keras", "load_average_before", "load_average_after"):
+        assert figures["machine"][key] is not None, key
+    assert {stage["name"] for stage in figures["stages"]} == set(figures["rates"]) == STAGES
+    for stage in figures["stages"]:
+        assert stage["images"] > 0 and stage["seconds"] > 0 and stage["images_per_second"] > 0, stage
+    assert set(figures["ratios"]) == {
+        "tfdata_vs_legacy",
+        "tfdata_vs_decode_resize",
+        "submit_vs_forward",
+        "epoch_vs_steps",
+    }
+    for ratio in figures["ratios"].values():
+        assert set(ratio) == {"ratio", "target", "what", "met"} and ratio["ratio"] > 0
+        assert ratio["met"] == (ratio["ratio"] >= ratio["target"])
+    assert not list(tmp_path.iterdir())  # the generated photos went with their temporary folder
