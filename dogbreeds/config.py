@@ -53,7 +53,7 @@ class TrainConfig:
     limit: int | None = None
     loader: str = "tfdata"
     precision: str = "auto"
-    strategy: str = "auto"  # tf.distribute: auto, default, mirrored, tpu, multi_worker
+    strategy: str = "auto"  # tf.distribute: auto, default, mirrored, tpu
     cache_images: str = "none"  # keep decoded images after the first epoch: none, memory, disk
     patience: int = 3
     max_unreadable: float = 0.01  # share of training images that may be skipped as unreadable
@@ -170,5 +170,5 @@ class TrainConfig:
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 METHODS = ("finetune", "features")
 HEADS = ("dense", "logreg")
-STRATEGIES = ("auto", "default", "mirrored", "tpu", "multi_worker")
+STRATEGIES = ("auto", "default", "mirrored", "tpu")
 CACHE_IMAGES = ("none", "memory", "disk")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import glob
 import os
-import tempfile
 
 import tensorflow as tf
 
@@ -71,8 +70,6 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         # Without GPUs, mirror over the (logical) CPU devices; with one device this is one replica.
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()  # the cluster comes from $TF_CONFIG
     return tf.distribute.get_strategy()
 
 
@@ -80,15 +77,3 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     replicas = strategy.num_replicas_in_sync
     name = type(strategy).__name__.lstrip("_").replace("DistributionStrategy", "Strategy")
     return f"{name}, {replicas} replica{'s' * (replicas > 1)}"
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run: always, except on the non-chief workers of a cluster."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    task_type = getattr(resolver, "task_type", None)
-    return task_type in (None, "chief") or (task_type == "worker" and resolver.task_id == 0)
-
-
-def worker_run_dir(run_dir: str | None, strategy: tf.distribute.Strategy) -> str | None:
-    """The chief writes the run; the other workers write theirs to a temporary folder."""
-    return run_dir if is_chief(strategy) else tempfile.mkdtemp(prefix="dogbreeds-worker-")

@@ -26,7 +26,7 @@ from sklearn.metrics import log_loss
 
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
-from dogbreeds.distribute import describe, make_strategy, worker_run_dir
+from dogbreeds.distribute import describe, make_strategy
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.pipeline import LOADERS, Loader, inspect_images
@@ -278,7 +278,7 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
             hidden_units=config.hidden_units,
             pretrained=config.pretrained,
         )
-    run = Run.create(config, data.competition.classes, worker_run_dir(run_dir, strategy))
+    run = Run.create(config, data.competition.classes, run_dir)
     if len(data.skipped):
         write_atomic(run.file(Run.skipped_file), data.skipped.to_csv(index=False))
         log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
