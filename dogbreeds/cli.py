@@ -319,7 +319,7 @@ def bench(
     weights: str = typer.Option("none", help="none, imagenet or a .h5 file: speed does not depend on them."),
     batch_size: int = typer.Option(DEFAULTS.batch_size, help="Images per batch."),
     images: int = typer.Option(512, help="Training images the loaders read."),
-    model_images: int = typer.Option(96, help="Images the model sees in the forward, submit and fine-tuning figures."),
+    model_images: int = typer.Option(128, help="Images the model sees in the forward, submit and fine-tuning figures."),
     tta: bool = TTAOption,
     precision: Precision = typer.Option(Precision.auto, help="As for train: auto picks by device."),
     json_path: Optional[str] = typer.Option(

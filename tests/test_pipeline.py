@@ -234,3 +234,19 @@ def test_no_replica_gets_an_empty_share_of_a_batch(competition):
     labels = np.concatenate([y.numpy() for _, y in mirrored.evaluation(frame)])
     assert labels.tolist() == [*frame["label"], frame["label"].iloc[-1]]  # the last repeated, then cut
     assert sum(len(x) for x in mirrored.prediction(frame[["path"]])) == 10
+
+
+def test_training_warp_turns_photos_upright_as_decode_does(tmp_path):
+    """The EXIF turn is folded into the training warp; without augmentation it must match decode()."""
+    paths = []
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        paths.append(str(tmp_path / f"o{orientation}.jpg"))
+        Image.fromarray(gradient(48, 36)).save(paths[-1], exif=exif, quality=100)
+    frame = inspect_images(paths).assign(label=np.arange(8))
+    fast = loader(TFDataLoader, augmentation=Augmentation.none(), size=24)
+    expected = np.concatenate([x.numpy() for x, _ in fast.evaluation(frame)])
+    for x, y in fast.training(frame):
+        for image, label in zip(x.numpy(), y.numpy()):
+            assert np.abs(image - expected[label]).mean() < 0.005, f"orientation {label + 1}"
