@@ -95,6 +95,8 @@ def test_mixed_precision_trains_and_keeps_float32_probabilities(policy, compute)
         history = model.fit(x, rng.integers(3, size=8), epochs=2, batch_size=4, verbose=0)
         assert np.isfinite(history.history["loss"]).all()
         assert model.get_layer("head_norm").compute_dtype == compute  # the body really runs in half precision
+        if policy == "mixed_float16":  # float16 gradients need the loss scaled, and Keras does it
+            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         probabilities = model.predict(x, verbose=0)
     finally:
         keras.mixed_precision.set_global_policy("float32")
