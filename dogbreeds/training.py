@@ -17,6 +17,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import keras
 import numpy as np
@@ -182,42 +183,48 @@ class TrainResult:
     metrics: dict
 
 
-def _phases(config: TrainConfig):
-    yield "frozen", config.epochs, config.learning_rate, 0
-    yield "fine_tune", config.fine_tune_epochs, config.fine_tune_lr, config.fine_tune_layers
+@dataclass
+class Phase:
+    """A stretch of training with its own optimizer: what the loop needs to run it or resume it."""
+
+    name: str
+    epochs: int
+    optimizer: Callable[[], keras.optimizers.Optimizer]
+    prepare: Callable[[], None] = lambda: None  # set which layers train, before compiling
+    adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
+    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"
 
 
-def _backbone_of(model: keras.Model) -> keras.Model:
-    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
-
-
-def _fit_phases(
-    model: keras.Model, run: Run, config: TrainConfig, data: Data, progress: Progress, replicas: int = 1
+def fit_phases(
+    model: keras.Model,
+    run: Run,
+    phases: list[Phase],
+    train_data: tf.data.Dataset,
+    val_data: tf.data.Dataset,
+    progress: Progress,
+    patience: int = 3,
 ) -> None:
-    loader = make_loader(config, replicas)
-    train_data, val_data = loader.training(data.train), loader.evaluation(data.val)
-    backbone = _backbone_of(model)
+    """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
+
+    A phase already in `progress.completed` is skipped; the current one (a resumed run)
+    continues without recompiling, so the optimizer loaded with the model keeps its state.
+    """
     saver = SaveProgress(run, progress)
     verbose = 1 if sys.stdout.isatty() else 2
-    for phase, epochs, learning_rate, layers in _phases(config):
-        if phase in progress.completed:
+    for phase in phases:
+        if phase.name in progress.completed:
             continue
-        learning_rate *= replicas  # the linear scaling rule: the rate follows the global batch
-        if progress.phase != phase:  # a new phase; a resumed one keeps its compiled optimizer
-            progress.phase, progress.phase_start = phase, progress.epoch
-            if phase == "frozen":
-                backbone.trainable = False
-            else:
-                n = set_trainable(backbone, layers, pretrained=config.pretrained)
-                log.info(
-                    f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {learning_rate:g}"
-                )
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
-        end = progress.phase_start + epochs
+        if progress.phase != phase.name:
+            progress.phase, progress.phase_start = phase.name, progress.epoch
+            phase.prepare()
+            model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
+        callbacks = [saver]
+        if phase.adaptive:
+            callbacks += [
+                keras.callbacks.EarlyStopping(patience=patience),
+                keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, patience - 1), min_lr=1e-7),
+            ]
+        end = progress.phase_start + phase.epochs
         if progress.epoch < end:
             model.fit(
                 train_data,
@@ -226,14 +233,39 @@ def _fit_phases(
                 epochs=end,
                 verbose=verbose,
                 shuffle=False,  # the loaders shuffle, reproducibly
-                callbacks=[
-                    saver,
-                    keras.callbacks.EarlyStopping(patience=config.patience),
-                    keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, config.patience - 1), min_lr=1e-7),
-                ],
+                callbacks=callbacks,
             )
-        progress.completed.append(phase)
+        progress.completed.append(phase.name)
         write_atomic(run.file(Run.progress_file), json.dumps(asdict(progress)))
+
+
+def competition_phases(model: keras.Model, config: TrainConfig, replicas: int = 1) -> list[Phase]:
+    """Frozen backbone at --learning-rate, then fine-tuning at a hundredth of it.
+
+    Rates follow the global batch (the linear scaling rule).
+    """
+    backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+    def freeze():
+        backbone.trainable = False
+
+    def unfreeze():
+        n = set_trainable(backbone, config.fine_tune_layers, pretrained=config.pretrained)
+        log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {fine_tune_lr:g}")
+
+    learning_rate, fine_tune_lr = config.learning_rate * replicas, config.fine_tune_lr * replicas
+    return [
+        Phase("frozen", config.epochs, lambda: keras.optimizers.Adam(learning_rate), freeze),
+        Phase("fine_tune", config.fine_tune_epochs, lambda: keras.optimizers.Adam(fine_tune_lr), unfreeze),
+    ]
+
+
+def _fit_competition(
+    model: keras.Model, run: Run, config: TrainConfig, data: Data, progress: Progress, replicas: int = 1
+) -> None:
+    loader = make_loader(config, replicas)
+    phases = competition_phases(model, config, replicas)
+    fit_phases(model, run, phases, loader.training(data.train), loader.evaluation(data.val), progress, config.patience)
 
 
 def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy) -> TrainResult:
@@ -288,7 +320,7 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
         f"{describe(strategy)}) -> {run.path}"
     )
     with user_facing_failures(run, config.batch_size), strategy.scope():
-        _fit_phases(model, run, config, data, Progress(), strategy.num_replicas_in_sync)
+        _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync)
         return _finish(run, config, data, precision, strategy)
 
 
@@ -375,5 +407,5 @@ def resume(run_ref: str) -> TrainResult:
         model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
     with user_facing_failures(run, config.batch_size), strategy.scope():
-        _fit_phases(model, run, config, data, progress, strategy.num_replicas_in_sync)
+        _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync)
         return _finish(run, config, data, precision, strategy)
