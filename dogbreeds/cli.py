@@ -17,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from dogbreeds.config import CACHE_IMAGES, STRATEGIES, Augmentation, TrainConfig
+from dogbreeds.config import CACHE_IMAGES, STRATEGIES, Augmentation, CifarConfig, TrainConfig
 from dogbreeds.errors import DogbreedsError, log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
@@ -345,6 +345,63 @@ def bench(
         typer.echo(result.text())
     if json_path:
         write_json(result, json_path)
+
+
+CIFAR = CifarConfig()
+
+
+@app.command()
+def cifar(
+    model: str = typer.Option("cnn", help="mlp, seed-cnn (the write-ups' networks), cnn (ours), transfer, or all."),
+    dataset: str = typer.Option(CIFAR.dataset, help="cifar10 or cifar100."),
+    data: Optional[Path] = typer.Option(
+        None,
+        "--data",
+        help="cifar-10-batches-py / cifar-100-python folder, or train/<class>/ and test/<class>/ image folders. "
+        "Default: download with keras.datasets.",
+    ),
+    epochs: Optional[int] = typer.Option(None, help="Default: the model's recipe (mlp 30, seed-cnn 10, cnn 30; transfer: head epochs, 60)."),
+    batch_size: Optional[int] = typer.Option(None, help="Default: the model's recipe (mlp 128, seed-cnn 32, cnn 512)."),
+    learning_rate: Optional[float] = typer.Option(None, help="Default: the model's recipe."),
+    limit: Optional[int] = typer.Option(None, help="Use only N training images (a stratified subset)."),
+    val_split: float = typer.Option(CIFAR.val_split, help="Share of the training images held out for validation."),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto: float32 on a CPU; mixed_bfloat16 is faster on CPUs with AMX (Xeon 4th gen+)."
+    ),
+    backbone: str = typer.Option(CIFAR.backbone, help="transfer: the frozen backbone."),
+    weights: str = typer.Option(CIFAR.weights, help="transfer: imagenet, or the path of a .h5 weights file."),
+    image_size: int = typer.Option(CIFAR.image_size, help="transfer: the images are upscaled to this."),
+    seed: int = typer.Option(CIFAR.seed, help="Split, shuffling, augmentation and initial weights."),
+    cache_dir: Path = typer.Option(Path(CIFAR.cache_dir), help="Image folders made from batches, and features."),
+    run_dir: Optional[Path] = typer.Option(None, help="Default: runs/<dataset>-<model>-<date>."),
+):
+    """CIFAR-10/100 experiments on the same engine: a perceptron, CNNs, transfer learning; `all` ends with a table."""
+    from dogbreeds.cifar import parse_models, run_cifar
+
+    models = parse_models(model)
+    config = CifarConfig(
+        model=models[0],
+        dataset=dataset,
+        data=str(data) if data else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        limit=limit,
+        val_split=val_split,
+        precision=precision.value,
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        seed=seed,
+        cache_dir=str(cache_dir),
+    )
+    folder, table = run_cifar(config, models, str(run_dir) if run_dir else None)
+    for row in table.itertuples(index=False):
+        typer.echo(
+            f"{row.model}: test accuracy {row.test_accuracy:.2%}, test log loss {row.test_log_loss:.4f} "
+            f"({row.epochs} epochs, {row.seconds_per_epoch:g} s each)"
+        )
+    typer.echo(f"results: {folder / 'results.md'}, curves: {folder / 'accuracy.png'}")
 
 
 @app.command()

@@ -172,3 +172,64 @@ METHODS = ("finetune", "features")
 HEADS = ("dense", "logreg")
 STRATEGIES = ("auto", "default", "mirrored", "tpu")
 CACHE_IMAGES = ("none", "memory", "disk")
+
+
+CIFAR_MODELS = ("mlp", "cnn", "seed-cnn", "transfer")
+CIFAR_DATASETS = ("cifar10", "cifar100")
+
+
+@dataclass
+class CifarConfig:
+    """`dogbreeds cifar`: one of the ten-class experiments; None means the model's own recipe."""
+
+    model: str = "cnn"  # mlp, cnn, seed-cnn, transfer (or "all" on the command line)
+    dataset: str = "cifar10"
+    data: str | None = None  # python batches folder or train/<class>/, test/<class>/ images; None: keras.datasets
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    limit: int | None = None  # training images, a stratified subset (the test set stays whole)
+    val_split: float = 0.1
+    seed: int = 42
+    precision: str = "auto"
+    backbone: str = "mobilenet_v2"  # transfer
+    weights: str = "imagenet"  # transfer
+    image_size: int = 96  # transfer: the 32x32 images are upscaled to this
+    cache_dir: str = "cache"
+    mode: str = "cifar"  # tells a CIFAR run folder from a competition run
+    version: str = __version__
+    run_format: int = RUN_FORMAT
+
+    def __post_init__(self) -> None:
+        checks = [
+            (
+                self.model in CIFAR_MODELS,
+                f"--model must be one of {', '.join(CIFAR_MODELS)} or all, got {self.model!r}",
+            ),
+            (
+                self.dataset in CIFAR_DATASETS,
+                f"--dataset must be one of {', '.join(CIFAR_DATASETS)}, got {self.dataset!r}",
+            ),
+            (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (
+                self.batch_size is None or self.batch_size >= 1,
+                f"--batch-size must be at least 1, got {self.batch_size}",
+            ),
+            (
+                self.learning_rate is None or self.learning_rate > 0,
+                f"--learning-rate must be positive, got {self.learning_rate}",
+            ),
+            (self.limit is None or self.limit >= 20, f"--limit must be at least 20, got {self.limit}"),
+            (0 < self.val_split < 0.5, f"--val-split must be between 0 and 0.5, got {self.val_split}"),
+            (
+                self.precision in PRECISIONS,
+                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
+            ),
+            (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DogbreedsError(message)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)

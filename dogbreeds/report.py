@@ -217,3 +217,19 @@ def plot_reliability(curves: dict[str, dict], out: Path, *, title: str = "") -> 
     bottom.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def plot_accuracy_curves(histories: dict[str, pd.DataFrame], out: Path, *, title: str = "") -> Path:
+    """Validation accuracy per epoch of several models on one axis (training dashed)."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, (name, log) in enumerate(histories.items()):
+        colour = f"C{i}"
+        epochs = log["epoch"] - log["epoch"].iloc[0] + 1
+        ax.plot(epochs, log["val_accuracy"], "o-", color=colour, label=f"{name} (validation)")
+        ax.plot(epochs, log["accuracy"], "--", color=colour, alpha=0.6, label=f"{name} (training)")
+    ax.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy per epoch" if title else "accuracy per epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return _save(fig, out)
