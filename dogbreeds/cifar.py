@@ -68,6 +68,8 @@ class _PlainData(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"),  # arrays pickled at protocol 5
+        ("numpy._core.numeric", "_frombuffer"),
         ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
     }
 
@@ -357,10 +359,16 @@ def _train_network(config: CifarConfig, data: CifarData, train, val, run: Run) -
         config.model, epochs, lambda: recipe.optimizer(rate, steps, epochs), adaptive=recipe.adaptive, loss=loss
     )
     fit_phases(model, run, [phase], train_data, val_data, Progress())
+    for leftover in (Run.last_file, Run.progress_file):  # kept for --resume, which CIFAR runs do not offer
+        run.file(leftover).unlink(missing_ok=True)
 
     best = run.load_model()
     served = with_flip_tta(best) if recipe.tta else best
-    probabilities = served.predict(loader.evaluation(data.test), verbose=0)[: len(data.test)]
+    sets = (("val", val), ("test", data.test))
+    scores = _scores(
+        {name: (served.predict(loader.evaluation(frame), verbose=0)[: len(frame)], frame) for name, frame in sets},
+        n_classes,
+    )
     history = pd.read_csv(run.file(Run.log_file))
     plot_history(history, run.file(Run.plot_file), title=f"{run.name}: {config.model} on {config.dataset}")
     metrics = {
@@ -371,12 +379,16 @@ def _train_network(config: CifarConfig, data: CifarData, train, val, run: Run) -
         "batch_size": batch_size,
         "test_tta": recipe.tta,
     }
-    return metrics | _scores(probabilities, data.test, n_classes), history
+    return metrics | scores, history
 
 
-def _scores(probabilities: np.ndarray, test: pd.DataFrame, n_classes: int) -> dict:
-    scores = evaluate_probabilities(probabilities, test["label"].to_numpy(), n_classes)
-    return {"test_accuracy": scores["accuracy"], "test_log_loss": scores["log_loss"]}
+def _scores(predictions: dict[str, tuple[np.ndarray, pd.DataFrame]], n_classes: int) -> dict:
+    """val_/test_ log loss and accuracy from each set's probabilities and its frame's labels."""
+    scores = {}
+    for name, (probabilities, frame) in predictions.items():
+        for metric, value in evaluate_probabilities(probabilities, frame["label"].to_numpy(), n_classes).items():
+            scores[f"{name}_{metric}"] = value
+    return scores
 
 
 def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) -> tuple[dict, pd.DataFrame]:
@@ -408,7 +420,10 @@ def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) 
     features.save_head(run, head)
     write_atomic(run.file(Run.log_file), history.to_csv(index=False))
     plot_history(history, run.file(Run.plot_file), title=f"{run.name}: dense head on {config.backbone} features")
-    probabilities = head.predict(x_test, batch_size=1024, verbose=0)
+    sets = (("val", x_val, val), ("test", x_test, data.test))
+    scores = _scores(
+        {name: (head.predict(x, batch_size=1024, verbose=0), frame) for name, x, frame in sets}, len(data.classes)
+    )
     metrics = {
         "parameters": int(head.count_params()),
         "backbone": f"{config.backbone} at {config.image_size}px, frozen",
@@ -419,7 +434,7 @@ def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) 
         "train_seconds": round(extraction + head_seconds, 1),
         "test_tta": settings.tta,
     }
-    return metrics | _scores(probabilities, data.test, len(data.classes)), history
+    return metrics | scores, history
 
 
 def train_model(config: CifarConfig, data: CifarData, run_dir: Path) -> Outcome:
@@ -489,13 +504,13 @@ def run_cifar(config: CifarConfig, models: list[str], run_dir: str | None = None
     table = results_table(outcomes)
     write_atomic(root / "results.csv", table.to_csv(index=False))
     write_atomic(root / "results.md", markdown(table) + "\n")
-    plot_accuracy_curves({o.model: o.history for o in outcomes}, root / "accuracy.png", title=f"{config.dataset}")
+    plot_accuracy_curves({o.model: o.history for o in outcomes}, root / "accuracy.png", title=config.dataset)
     return root, table
 
 
 def parse_models(value: str) -> list[str]:
     if value == "all":
-        return list(("mlp", "seed-cnn", "cnn", "transfer"))
+        return ["mlp", "seed-cnn", "cnn", "transfer"]  # the table's order: from the write-ups to ours
     names = [v.strip() for v in value.split(",")]
     unknown = [n for n in names if n not in CIFAR_MODELS]
     if unknown:

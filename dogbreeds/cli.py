@@ -360,7 +360,9 @@ def cifar(
         help="cifar-10-batches-py / cifar-100-python folder, or train/<class>/ and test/<class>/ image folders. "
         "Default: download with keras.datasets.",
     ),
-    epochs: Optional[int] = typer.Option(None, help="Default: the model's recipe (mlp 30, seed-cnn 10, cnn 30; transfer: head epochs, 60)."),
+    epochs: Optional[int] = typer.Option(
+        None, help="Default: the model's recipe (mlp 30, seed-cnn 10, cnn 30; transfer: head epochs, 60)."
+    ),
     batch_size: Optional[int] = typer.Option(None, help="Default: the model's recipe (mlp 128, seed-cnn 32, cnn 512)."),
     learning_rate: Optional[float] = typer.Option(None, help="Default: the model's recipe."),
     limit: Optional[int] = typer.Option(None, help="Use only N training images (a stratified subset)."),

@@ -90,6 +90,7 @@ class FeatureSpec:
             "weights": weights,
             "image_size": self.image_size,
             "preprocessing": f"{get_backbone(self.backbone).preprocess.__module__}.preprocess_input",
+            "precision": keras.mixed_precision.global_policy().name,  # bfloat16 vectors differ from float32 ones
             "view": view_name(self.view),
         }
         if self.view >= 2:

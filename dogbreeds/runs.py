@@ -110,7 +110,12 @@ class Run:
         return cls(candidates[-1])
 
     def config(self) -> TrainConfig:
-        return TrainConfig.from_json(self.file(self.config_file).read_text(), self.file(self.config_file))
+        text = self.file(self.config_file).read_text()
+        if _read_json(self.file(self.config_file)).get("mode") == "cifar":
+            raise DogbreedsError(
+                f"run {self.path} is a `dogbreeds cifar` run, not a competition run; pick another --run"
+            )
+        return TrainConfig.from_json(text, self.file(self.config_file))
 
     def classes(self) -> list[str]:
         return json.loads(self.file(self.classes_file).read_text())
@@ -160,11 +165,12 @@ def list_runs(folder: Path = RUNS_DIR) -> list[dict]:
         model = path / Run.model_file
         metrics = _read_json(path / Run.metrics_file)
         evaluation = _read_json(path / Run.evaluation_file)
+        cifar = config.get("mode") == "cifar"  # its model's name in place of a backbone
         rows.append(
             {
                 "name": path.name,
-                "backbone": config.get("backbone", "?"),
-                "method": config.get("method", "finetune"),
+                "backbone": config.get("model", "?") if cifar else config.get("backbone", "?"),
+                "method": "cifar" if cifar else config.get("method", "finetune"),
                 "image_size": config.get("image_size", "?"),
                 "date": datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
                 "finished": model.is_file(),
