@@ -180,9 +180,10 @@ def _folder_frame(folder: Path, classes: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label"])
 
 
-def read_image_folders(root: Path) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
-    """train/<class>/*.jpg and test/<class>/*.jpg; the classes are train's folder names, sorted."""
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+def read_image_folders(root: Path, classes: list[str] | None = None) -> tuple[list[str], pd.DataFrame, pd.DataFrame]:
+    """train/<class>/*.jpg and test/<class>/*.jpg; the classes are train's folder names, sorted,
+    unless their order is known (the label order of batches written as folders)."""
+    classes = classes or sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if len(classes) < 2:
         raise DogbreedsError(
             f"{root / 'train'} has {len(classes)} class folders; it needs train/<class>/ for each class"
@@ -214,9 +215,10 @@ def _download(dataset: str):
 
 def load_cifar(data: str | None, dataset: str, cache_dir: str | Path) -> CifarData:
     """Image folders as they are; python batches or a download written once as image folders."""
-    cache = Path(cache_dir) / "cifar"
+    cache, order = Path(cache_dir) / "cifar", None
     if data is None:
-        root, source = arrays_to_folders(*_download(dataset), cache), f"keras.datasets.{dataset}"
+        arrays = _download(dataset)
+        root, source, order = arrays_to_folders(*arrays, cache), f"keras.datasets.{dataset}", arrays[0]
     else:
         folder = Path(data)
         if not folder.is_dir():
@@ -224,10 +226,11 @@ def load_cifar(data: str | None, dataset: str, cache_dir: str | Path) -> CifarDa
         if (folder / "train").is_dir() and (folder / "test").is_dir():
             root, source = folder, str(folder)
         elif (folder / "data_batch_1").is_file() or (folder / "train").is_file():
-            root, source = arrays_to_folders(*read_python_batches(folder), cache), str(folder)
+            arrays = read_python_batches(folder)
+            root, source, order = arrays_to_folders(*arrays, cache), str(folder), arrays[0]
         else:
             raise DogbreedsError(f"--data {data} holds neither CIFAR python batches nor train/ and test/; {DATA_HINT}")
-    classes, train, test = read_image_folders(root)
+    classes, train, test = read_image_folders(root, order and [name.replace("/", "_") for name in order])
     report = inspect_images(train["path"].tolist() + test["path"].tolist())
     bad = report[report["problem"] != ""]
     if len(bad):

@@ -188,7 +188,9 @@ def _onto(transforms: tf.Tensor, sizes: tf.Tensor, size: int) -> tf.Tensor:
 
 # EXIF orientation 1-8 as a map from upright pixel (u, v) to stored pixel (x, y):
 # x = m00 u + m01 v + ox (w - 1), y = m10 u + m11 v + oy (h - 1), for a stored (h, w) image.
-EXIF_MAPS = tf.constant(
+# A numpy array: a tensor made at import would set up TensorFlow's devices before
+# $DOGBREEDS_CPU_DEVICES can split the CPU.
+EXIF_MAPS = np.array(
     [
         [1, 0, 0, 1, 0, 0],  # 1: upright
         [-1, 0, 0, 1, 1, 0],  # 2: mirrored
@@ -199,7 +201,7 @@ EXIF_MAPS = tf.constant(
         [0, -1, -1, 0, 1, 1],  # 7: transverse
         [0, -1, 1, 0, 1, 0],  # 8: stored rotated 90 degrees clockwise
     ],
-    tf.float32,
+    np.float32,
 )
 
 
