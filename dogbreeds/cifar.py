@@ -479,7 +479,7 @@ TABLE_COLUMNS = {
 
 
 def results_table(outcomes: list[Outcome]) -> pd.DataFrame:
-    return pd.DataFrame([{k: o.metrics.get(k, o.model) for k in TABLE_COLUMNS} for o in outcomes])
+    return pd.DataFrame([{k: o.metrics[k] for k in TABLE_COLUMNS} for o in outcomes])
 
 
 def markdown(table: pd.DataFrame) -> str:

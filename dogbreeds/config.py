@@ -13,6 +13,13 @@ from dogbreeds.errors import DogbreedsError
 RUN_FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 
 
+def _require(checks: list[tuple[bool, str]]) -> None:
+    """The first failed check, as the one-line error the user sees."""
+    for ok, message in checks:
+        if not ok:
+            raise DogbreedsError(message)
+
+
 @dataclass
 class Augmentation:
     """Training-time augmentation; the ranges mean what ImageDataGenerator's do."""
@@ -134,9 +141,7 @@ class TrainConfig:
                 "--shift and --zoom must be in [0, 1)",
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise DogbreedsError(message)
+        _require(checks)
 
     @property
     def pretrained(self) -> bool:
@@ -227,9 +232,7 @@ class CifarConfig:
             ),
             (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise DogbreedsError(message)
+        _require(checks)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
