@@ -464,14 +464,16 @@ class LegacyLoader(Loader):
         return np.asarray(self.preprocess(image.astype("float32")))
 
     def _flow(self, frame: pd.DataFrame, generator, *, labelled: bool, shuffle: bool):
+        # Listing every label up to the largest makes flow_from_dataframe's index the label; the
+        # largest is taken before the labels become strings, which it needs ("99" > "119").
+        classes = [str(i) for i in range(int(frame["label"].max()) + 1)] if labelled else None
         frame = frame.assign(label=frame["label"].astype(str)) if labelled else frame
         return generator.flow_from_dataframe(
             frame,
             directory=None,
             x_col="path",
             y_col="label" if labelled else None,
-            # Listing every label up to the largest makes flow_from_dataframe's index the label.
-            classes=[str(i) for i in range(int(frame["label"].max()) + 1)] if labelled else None,
+            classes=classes,
             class_mode="sparse" if labelled else None,
             target_size=(self.image_size, self.image_size),
             interpolation="bilinear",

@@ -250,3 +250,11 @@ def test_training_warp_turns_photos_upright_as_decode_does(tmp_path):
     for x, y in fast.training(frame):
         for image, label in zip(x.numpy(), y.numpy()):
             assert np.abs(image - expected[label]).mean() < 0.005, f"orientation {label + 1}"
+
+
+def test_legacy_loader_keeps_every_label_past_ten(competition):
+    """flow_from_dataframe drops rows whose label is not among its classes: breeds 10 to 119 must stay."""
+    frame = frame_of(competition).assign(label=np.arange(12))
+    legacy = loader(LegacyLoader).evaluation(frame)
+    labels = np.concatenate([legacy[i][1] for i in range(len(legacy))]).astype(int)
+    assert labels.tolist() == list(range(12))
