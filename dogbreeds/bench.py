@@ -226,7 +226,8 @@ def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> N
 
     fast = make_loader(config).training(train)
     _drain(fast)  # the first epoch compiles the warp
-    result.stages.append(Stage("tfdata_loader", "default loader (tf.data), augmented", n, _timed(lambda: _drain(fast), repeats=3)))
+    seconds = _timed(lambda: _drain(fast), repeats=3)
+    result.stages.append(Stage("tfdata_loader", "default loader (tf.data), augmented", n, seconds))
     cached = make_loader(replace(config, cache_images="memory")).training(train)
     _drain(cached)  # the first epoch fills the cache
     what = "default loader, --cache-images memory, later epochs"
