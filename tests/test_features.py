@@ -9,7 +9,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from dogbreeds.config import TrainConfig
-from dogbreeds.features import FeatureCache, FeatureSpec, train_logreg_head, training_features
+from dogbreeds.features import FeatureCache, FeatureSpec, _dropout_mask, train_logreg_head, training_features
 from dogbreeds.models import build_backbone
 
 from conftest import dogbreeds
@@ -129,6 +129,16 @@ def features_runs(competition, tmp_path_factory):
         assert result.returncode == 0, result.stderr
         runs[name] = (root / name, result)
     return runs
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.8])
+def test_the_dense_heads_dropout_drops_its_rate_and_keeps_the_mean(rate):
+    mask = _dropout_mask((400, 1281), rate, [3, 4]).numpy()
+    assert mask.shape == (400, 1281)
+    assert abs((mask == 0).mean() - rate) < 0.01
+    assert abs(mask.mean() - 1.0) < 0.02  # inverted dropout: the kept units are scaled up
+    np.testing.assert_array_equal(mask, _dropout_mask((400, 1281), rate, [3, 4]).numpy())  # the seed repeats it
+    assert (mask != _dropout_mask((400, 1281), rate, [3, 5]).numpy()).any()
 
 
 @pytest.mark.parametrize("name", ["dense", "logreg"])
