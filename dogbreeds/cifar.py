@@ -410,15 +410,14 @@ def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) 
         cache_dir=config.cache_dir,
     )
     cache = features.FeatureCache(settings.cache_dir, settings.batch_size)
-    views = features.evaluation_views(settings)
     started = time.perf_counter()
-    x = features.training_features(cache, settings, train)
-    x_val = features.ensemble_features(cache, settings, val, views)
-    x_test = features.ensemble_features(cache, settings, data.test, views)
+    inputs = features.head_inputs(cache, settings, train, val, [data.test])
+    (x_test,), x_val = inputs.others, inputs.x_val
     extraction = time.perf_counter() - started
-    y = np.tile(train["label"].to_numpy(), settings.feature_views)
     started = time.perf_counter()
-    head, history = features.train_dense_head(settings, x, y, x_val, val["label"].to_numpy(), len(data.classes))
+    head, history = features.train_dense_head(
+        settings, inputs.x, inputs.y, x_val, val["label"].to_numpy(), len(data.classes)
+    )
     head_seconds = time.perf_counter() - started
     features.save_head(run, head)
     write_atomic(run.file(Run.log_file), history.to_csv(index=False))

@@ -201,6 +201,30 @@ def evaluation_views(config: TrainConfig, tta: bool | None = None) -> list[int]:
     return [0, 1] if (config.tta if tta is None else tta) else [0]
 
 
+@dataclass
+class HeadInputs:
+    """What a head trains and is scored on: a row per view of each training image, with its
+    label (the rows come view by view, so the labels repeat in the same order), and the
+    vectors of the validation images and of any other sets, their evaluation views averaged."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    others: list[np.ndarray]
+
+
+def head_inputs(
+    cache: FeatureCache, config: TrainConfig, train: pd.DataFrame, val: pd.DataFrame, others=()
+) -> HeadInputs:
+    views = evaluation_views(config)
+    return HeadInputs(
+        x=training_features(cache, config, train),
+        y=np.tile(train["label"].to_numpy(), config.feature_views),
+        x_val=ensemble_features(cache, config, val, views),
+        others=[ensemble_features(cache, config, images, views) for images in others],
+    )
+
+
 # -- heads ------------------------------------------------------------------------------
 
 

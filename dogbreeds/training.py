@@ -335,17 +335,15 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
     data = prepare_data(config)
     cache = features.FeatureCache(config.cache_dir, config.batch_size)
     started = time.perf_counter()
-    views = features.evaluation_views(config)
+    test = data.competition.test_frame()
+    report = inspect_images(test["path"].tolist())
+    readable = len(test) and (report["problem"] == "").all()
+    tests = [test.assign(orientation=report["orientation"].to_numpy())] if readable else []  # for submit
     try:
-        x = features.training_features(cache, config, data.train)
-        x_val = features.ensemble_features(cache, config, data.val, views)
-        test = data.competition.test_frame()
-        report = inspect_images(test["path"].tolist())
-        if len(test) and (report["problem"] == "").all():  # submit will find these cached
-            features.ensemble_features(cache, config, test.assign(orientation=report["orientation"].to_numpy()), views)
+        inputs = features.head_inputs(cache, config, data.train, data.val, tests)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; run the same command again: the extraction resumes where it stopped") from None
-    y = np.tile(data.train["label"].to_numpy(), config.feature_views)
+    x, x_val = inputs.x, inputs.x_val
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config, data.competition.classes, run_dir)
@@ -357,7 +355,7 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
         f"({config.feature_views} views of {len(data.train)} images; {len(data.val)} held out) -> {run.path}"
     )
     started = time.perf_counter()
-    head, history = features.HEADS[config.head](config, x, y, x_val, data.val["label"].to_numpy(), n_classes)
+    head, history = features.HEADS[config.head](config, x, inputs.y, x_val, data.val["label"].to_numpy(), n_classes)
     head_seconds = time.perf_counter() - started
     features.save_head(run, head)
     probabilities = head.predict(x_val, batch_size=1024, verbose=0)
