@@ -412,12 +412,10 @@ def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) 
     cache = features.FeatureCache(settings.cache_dir, settings.batch_size)
     started = time.perf_counter()
     inputs = features.head_inputs(cache, settings, train, val, [data.test])
-    (x_test,), x_val = inputs.others, inputs.x_val
+    x, y, x_val, x_test = inputs.x, inputs.y, inputs.x_val, inputs.others[0]
     extraction = time.perf_counter() - started
     started = time.perf_counter()
-    head, history = features.train_dense_head(
-        settings, inputs.x, inputs.y, x_val, val["label"].to_numpy(), len(data.classes)
-    )
+    head, history = features.train_dense_head(settings, x, y, x_val, val["label"].to_numpy(), len(data.classes))
     head_seconds = time.perf_counter() - started
     features.save_head(run, head)
     write_atomic(run.file(Run.log_file), history.to_csv(index=False))

@@ -336,14 +336,14 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
     cache = features.FeatureCache(config.cache_dir, config.batch_size)
     started = time.perf_counter()
     test = data.competition.test_frame()
-    report = inspect_images(test["path"].tolist())
-    readable = len(test) and (report["problem"] == "").all()
-    tests = [test.assign(orientation=report["orientation"].to_numpy())] if readable else []  # for submit
     try:
+        report = inspect_images(test["path"].tolist())
+        readable = len(test) and (report["problem"] == "").all()
+        tests = [test.assign(orientation=report["orientation"].to_numpy())] if readable else []  # for submit
         inputs = features.head_inputs(cache, config, data.train, data.val, tests)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; run the same command again: the extraction resumes where it stopped") from None
-    x, x_val = inputs.x, inputs.x_val
+    x, y, x_val = inputs.x, inputs.y, inputs.x_val
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config, data.competition.classes, run_dir)
@@ -355,7 +355,7 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
         f"({config.feature_views} views of {len(data.train)} images; {len(data.val)} held out) -> {run.path}"
     )
     started = time.perf_counter()
-    head, history = features.HEADS[config.head](config, x, inputs.y, x_val, data.val["label"].to_numpy(), n_classes)
+    head, history = features.HEADS[config.head](config, x, y, x_val, data.val["label"].to_numpy(), n_classes)
     head_seconds = time.perf_counter() - started
     features.save_head(run, head)
     probabilities = head.predict(x_val, batch_size=1024, verbose=0)
