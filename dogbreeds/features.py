@@ -42,6 +42,7 @@ from dogbreeds.pipeline import TFDataLoader
 from dogbreeds.runs import Run, write_atomic
 
 CACHE_FORMAT = 2  # 2: images decoded by the pipeline's uint8, DCT-scaled JPEG path
+NORM_MOMENTUM, NORM_EPSILON = 0.99, 1e-3  # the dense head's BatchNormalization, Keras' defaults
 
 
 def view_name(view: int) -> str:
@@ -230,89 +231,140 @@ def head_inputs(
 
 def _dense_head(n_features: int, n_classes: int, dropout: float) -> keras.Model:
     inputs = keras.Input((n_features,), name="features")
-    x = keras.layers.BatchNormalization(name="head_norm")(inputs)
+    x = keras.layers.BatchNormalization(momentum=NORM_MOMENTUM, epsilon=NORM_EPSILON, name="head_norm")(inputs)
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="breed")(x)
     return keras.Model(inputs, outputs, name="dense_head")
 
 
-def _dropout_mask(shape, rate: float, seed) -> tf.Tensor:
-    """Inverted dropout from random bytes: a quarter of the random draws of Keras' Dropout,
-    which spent half of each head epoch drawing them. The rate is kept to 1/256."""
-    rows, columns = shape[0], shape[1]
-    words = tf.random.stateless_uniform((rows, -(-columns // 4)), seed, minval=None, maxval=None, dtype=tf.int32)
-    noise = tf.reshape(tf.bitcast(words, tf.uint8), (rows, -1))[:, :columns]
-    kept = min(255, max(1, round((1 - rate) * 256)))
-    return tf.cast(noise < kept, tf.float32) * (256 / kept)
+def _kept_bytes(rate: float) -> int:
+    """Dropout keeps a unit where its random byte is below this: the rate is kept to 1/256."""
+    return min(255, max(1, round((1 - rate) * 256)))
+
+
+def _dropped_batch(x: np.ndarray, rows: np.ndarray, rate: float, rng: np.random.Generator):
+    """The rows' mean and variance, and the rows with dropout's zeros in them.
+
+    The masks come from raw generator words, one byte a unit: the cheapest random numbers
+    numpy has (floats took 1.2 ms for a batch of 250 x 1280 here, as long as a whole step)."""
+    batch = x[rows]
+    mean = batch.sum(axis=0) / len(rows)
+    # E[x^2] - mean^2 in one pass; pooled features' means are not large enough beside their
+    # spread for float32 to lose the difference.
+    variance = np.maximum(np.einsum("ij,ij->j", batch, batch) / len(rows) - mean * mean, 0)
+    if rate:
+        size = batch.size
+        noise = rng.bit_generator.random_raw(-(-size // 8)).view(np.uint8)[:size].reshape(batch.shape)
+        batch *= noise < _kept_bytes(rate)
+    return batch, mean, variance
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+class _HeadWeights:
+    """The dense head's trainable weights, as views into one vector: Adam updates it whole."""
+
+    def __init__(self, width: int, n_classes: int, dtype=np.float32):
+        self.vector = np.zeros(width * n_classes + n_classes + 2 * width, dtype)
+        kernel, self.bias, self.gamma, self.beta = np.split(
+            self.vector, np.cumsum([width * n_classes, n_classes, width])
+        )
+        self.kernel = kernel.reshape(width, n_classes)
+
+
+def _head_step(w: _HeadWeights, dropped, mean, variance, target, boost: float, grad: _HeadWeights) -> np.ndarray:
+    """The batch's log-probabilities; the gradient of their mean cross-entropy goes in `grad`.
+
+    With a = gamma / sigma and b = beta - mu a (the batch's own statistics), the logits are
+    (x * mask / keep)(a W) + b W + bias: one product with the batch each way.
+    """
+    inverse_std = 1 / np.sqrt(variance + NORM_EPSILON)
+    a = w.gamma * inverse_std
+    b = w.beta - mean * a
+    log_p = _log_softmax((dropped @ (a[:, None] * w.kernel)) * boost + b @ w.kernel + w.bias)
+    error = (np.exp(log_p) - target) / len(target)  # d loss / d logits
+    grad_a_kernel = (dropped.T @ error) * boost  # d loss / d(a W)
+    grad.bias[:] = error.sum(axis=0)  # also d loss / d(b W), the same for every unit
+    grad.kernel[:] = a[:, None] * grad_a_kernel + np.outer(b, grad.bias)
+    along_a, along_b = np.einsum("ij,ij->i", grad_a_kernel, w.kernel), w.kernel @ grad.bias
+    grad.gamma[:] = (along_a - along_b * mean) * inverse_std
+    grad.beta[:] = along_b
+    return log_p
 
 
 def train_dense_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) -> tuple[keras.Model, pd.DataFrame]:
-    """Keras: BatchNormalization, Dropout, Dense softmax; early stopping on validation loss.
+    """BatchNormalization, Dropout, Dense softmax; Adam; early stopping on validation loss.
 
-    Each epoch is one compiled call (shuffle, every mini-batch step, then the validation
-    scores): `fit` would spend far longer in Python per epoch than the head needs to learn.
-    The step applies the model's layers itself, with a cheaper dropout mask (`_dropout_mask`).
+    Trained in numpy and saved as that Keras model. A step is a few array operations on
+    fixed vectors, so a compiled graph cost more to trace than it saved: this runs in a third
+    of the time Keras took (README, "Bottleneck features").
+
+    The normalisation works as Keras' does (each batch's own statistics, moving averages
+    with the layer's momentum for inference); dropout zeroes the features it normalises,
+    x * mask / keep, so the layer's shift enters each step whole (`_head_step`). On CIFAR
+    features this gave a lower validation log loss than dropping the normalised units, as
+    Keras' layers do (0.741 against 0.746, 8 seeds). At inference dropout does nothing, so
+    the saved layers compute exactly what was validated.
     """
-    keras.utils.set_random_seed(config.seed)
-    model = _dense_head(x.shape[1], n_classes, config.dropout)
-    norm, dense = model.get_layer("head_norm"), model.get_layer("breed")
-    optimizer = keras.optimizers.Adam(config.learning_rate)
-    optimizer.build(model.trainable_variables)  # variables made inside the traced epoch would trace it twice
-    cross_entropy = keras.losses.SparseCategoricalCrossentropy()
-    x, y = tf.constant(x, tf.float32), tf.constant(y, tf.int64)
-    x_val, y_val = tf.constant(x_val, tf.float32), tf.constant(y_val, tf.int64)
+    rng = np.random.default_rng(config.seed)
+    n, width = x.shape
+    w, grad = _HeadWeights(width, n_classes), _HeadWeights(width, n_classes)
+    limit = math.sqrt(6 / (width + n_classes))  # Keras' glorot_uniform
+    w.kernel[:] = rng.uniform(-limit, limit, w.kernel.shape)
+    w.gamma[:] = 1
+    moving_mean, moving_variance = np.zeros(width, np.float32), np.ones(width, np.float32)
+    first_moment, second_moment = np.zeros_like(w.vector), np.zeros_like(w.vector)
+    targets = np.eye(n_classes, dtype=np.float32)[y]
+    boost = 256 / _kept_bytes(config.dropout) if config.dropout else 1.0  # 1 / keep
     # About 32 steps an epoch, of 32 to 256 vectors: measured on CIFAR features, larger batches
     # gave both a lower validation log loss and a faster head than the images' --batch-size.
-    batch_size = int(np.clip(len(x) // 32, 32, 256))
+    batch_size = int(np.clip(n // 32, 32, 256))
 
-    def correct(labels, p):
-        return tf.reduce_sum(tf.cast(tf.argmax(p, axis=1) == labels, tf.float32))
-
-    def forward(batch, seed):
-        h = norm(batch, training=True)
-        if config.dropout:
-            h = h * _dropout_mask(tf.shape(h), config.dropout, seed)
-        return dense(h)
-
-    @tf.function
-    def epoch(seed):
-        n = tf.shape(x)[0]
-        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed)
-        total_loss, total_correct = 0.0, 0.0
-        for start in tf.range(0, n, batch_size):
-            rows = order[start : start + batch_size]
-            labels = tf.gather(y, rows)
-            with tf.GradientTape() as tape:
-                p = forward(tf.gather(x, rows), tf.random.experimental.stateless_fold_in(seed, start))
-                loss = cross_entropy(labels, p)
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            total_loss += loss * tf.cast(tf.shape(rows)[0], tf.float32)
-            total_correct += correct(labels, p)
-        p_val = model(x_val, training=False)
-        size, val_size = tf.cast(n, tf.float32), tf.cast(tf.shape(x_val)[0], tf.float32)
-        return total_loss / size, total_correct / size, cross_entropy(y_val, p_val), correct(y_val, p_val) / val_size
-
-    rows, best, wait = [], (math.inf, None), 0
-    for i in range(config.head_epochs):
-        loss, accuracy, val_loss, val_accuracy = (float(v) for v in epoch(tf.constant([config.seed, i])))
+    rows, best, wait, step = [], (math.inf, None), 0, 0
+    for epoch in range(config.head_epochs):
+        total_loss, total_correct = 0.0, 0
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            batch = order[start : start + batch_size]
+            dropped, mean, variance = _dropped_batch(x, batch, config.dropout, rng)
+            moving_mean += (1 - NORM_MOMENTUM) * (mean - moving_mean)
+            moving_variance += (1 - NORM_MOMENTUM) * (variance - moving_variance)
+            log_p = _head_step(w, dropped, mean, variance, targets[batch], boost, grad)
+            total_loss -= float((log_p * targets[batch]).sum())
+            total_correct += int((log_p.argmax(axis=1) == y[batch]).sum())
+            step += 1  # Adam, as Keras has it
+            first_moment += 0.1 * (grad.vector - first_moment)
+            second_moment += 0.001 * (grad.vector * grad.vector - second_moment)
+            step_size = config.learning_rate * math.sqrt(1 - 0.999**step) / (1 - 0.9**step)
+            w.vector -= step_size * first_moment / (np.sqrt(second_moment) + 1e-7)
+        scale = w.gamma / np.sqrt(moving_variance + NORM_EPSILON)  # the layer at inference
+        log_p_val = _log_softmax(
+            x_val @ (scale[:, None] * w.kernel) + (w.beta - moving_mean * scale) @ w.kernel + w.bias
+        )
+        val_loss = float(-log_p_val[np.arange(len(y_val)), y_val].mean())
         rows.append(
             {
-                "epoch": i,
+                "epoch": epoch,
                 "phase": "head",
-                "loss": loss,
-                "accuracy": accuracy,
+                "loss": total_loss / n,
+                "accuracy": total_correct / n,
                 "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
+                "val_accuracy": float((log_p_val.argmax(axis=1) == y_val).mean()),
             }
         )
         if val_loss < best[0]:
-            best, wait = (val_loss, model.get_weights()), 0
+            best, wait = (val_loss, (w.vector.copy(), moving_mean.copy(), moving_variance.copy())), 0
         else:
             wait += 1
-            if wait >= max(5, config.patience):
+            if wait >= config.patience:
                 break
-    model.set_weights(best[1])
+    w.vector[:], moving_mean[:], moving_variance[:] = best[1]
+    model = _dense_head(width, n_classes, config.dropout)
+    model.get_layer("head_norm").set_weights([w.gamma, w.beta, moving_mean, moving_variance])
+    model.get_layer("breed").set_weights([w.kernel, w.bias])
     return model, pd.DataFrame(rows)
 
 
