@@ -144,15 +144,14 @@ def features_runs(competition, tmp_path_factory):
 def test_the_dense_heads_dropout_drops_its_rate_and_keeps_the_batch_statistics(rate):
     x = np.random.default_rng(0).uniform(0.5, 6, size=(400, 1281)).astype("float32")
     rows = np.arange(3, 400, 2)
-    dropped, mean, variance = _dropped_batch(x, rows, rate, np.random.default_rng(3))
-    assert dropped.shape == (len(rows), 1281)
-    assert abs((dropped == 0).mean() - rate) < 0.01
-    kept = dropped != 0
-    np.testing.assert_array_equal(dropped[kept], x[rows][kept])  # the rest untouched: 1 / keep comes later
+    dropped, mask, mean, variance = _dropped_batch(x, rows, rate, np.random.default_rng(3))
+    assert dropped.shape == mask.shape == (len(rows), 1281)
+    assert abs((mask == 0).mean() - rate) < 0.01
+    np.testing.assert_array_equal(dropped, x[rows] * mask)  # the kept units untouched: 1 / keep comes later
     np.testing.assert_allclose(mean, x[rows].mean(axis=0), rtol=1e-5)  # statistics of the whole rows
     np.testing.assert_allclose(variance, x[rows].var(axis=0), rtol=1e-3)
-    again, _, _ = _dropped_batch(x, rows, rate, np.random.default_rng(3))
-    other, _, _ = _dropped_batch(x, rows, rate, np.random.default_rng(4))
+    again, _, _, _ = _dropped_batch(x, rows, rate, np.random.default_rng(3))
+    other, _, _, _ = _dropped_batch(x, rows, rate, np.random.default_rng(4))
     np.testing.assert_array_equal(dropped, again)  # the seed repeats it
     assert (dropped != other).any()
 
@@ -163,18 +162,19 @@ def test_the_dense_heads_gradient_is_that_of_its_loss():
     width, n_classes, rows = 7, 4, 12
     w, grad = _HeadWeights(width, n_classes, np.float64), _HeadWeights(width, n_classes, np.float64)
     w.vector[:] = rng.normal(size=w.vector.size)
-    dropped = rng.normal(size=(rows, width)) * (rng.random((rows, width)) < 0.6)
+    mask = (rng.random((rows, width)) < 0.6).astype(float)
+    dropped = rng.normal(size=(rows, width)) * mask
     mean, variance = rng.normal(size=width), rng.uniform(0.5, 2, size=width)
     target = np.eye(n_classes)[rng.integers(0, n_classes, rows)]
 
     def loss() -> float:
         return float(
-            -(_head_step(w, dropped, mean, variance, target, 1.5, _HeadWeights(width, n_classes)) * target)
+            -(_head_step(w, dropped, mask, mean, variance, target, 1.5, _HeadWeights(width, n_classes)) * target)
             .sum(1)
             .mean()
         )
 
-    _head_step(w, dropped, mean, variance, target, 1.5, grad)
+    _head_step(w, dropped, mask, mean, variance, target, 1.5, grad)
     numeric = np.zeros_like(w.vector)
     for i in range(w.vector.size):
         saved = w.vector[i]
