@@ -30,7 +30,6 @@ SETTINGS = {
     "--dropout 0.6": ["--dropout", "0.6"],
     "--learning-rate 0.0005": ["--learning-rate", "0.0005"],
     "--feature-views 1": ["--feature-views", "1"],
-    "--patience 5": ["--patience", "5"],
 }
 
 

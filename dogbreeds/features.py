@@ -364,7 +364,7 @@ def train_dense_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) ->
             best, wait = (val_loss, (w.vector.copy(), moving_mean.copy(), moving_variance.copy())), 0
         else:
             wait += 1
-            if wait >= config.patience:
+            if wait >= max(5, config.patience):  # a head's validation loss wanders more than a phase's
                 break
     w.vector[:], moving_mean[:], moving_variance[:] = best[1]
     model = _dense_head(width, n_classes, config.dropout)
