@@ -78,12 +78,17 @@ def main(args) -> None:
     print(json.dumps(results, indent=2))
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def backbone_arguments(parser: argparse.ArgumentParser) -> None:
+    """The competition and backbone options both feature benchmarks take."""
     parser.add_argument("--data", required=True)
     parser.add_argument("--backbone", default="mobilenet_v2")
     parser.add_argument("--weights", required=True)
     parser.add_argument("--image-size", type=int, default=160)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    backbone_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--child", action="store_true")

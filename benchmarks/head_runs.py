@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from features_bench import backbone_arguments  # the script beside this one
 
 SETTINGS = {
     "defaults": [],
@@ -72,10 +73,7 @@ def main(args) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--backbone", default="mobilenet_v2")
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--image-size", type=int, default=160)
+    backbone_arguments(parser)
     parser.add_argument("--cache-dir", default="cache")
     parser.add_argument("--finetune-run", required=True, help="a fine-tuning run on the same data and size")
     main(parser.parse_args())
