@@ -337,8 +337,9 @@ def train_dense_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) ->
             dropped, mask, mean, variance = _dropped_batch(x, batch, config.dropout, rng)
             moving_mean += (1 - NORM_MOMENTUM) * (mean - moving_mean)
             moving_variance += (1 - NORM_MOMENTUM) * (variance - moving_variance)
-            log_p = _head_step(w, dropped, mask, mean, variance, targets[batch], boost, grad)
-            total_loss -= float((log_p * targets[batch]).sum())
+            target = targets[batch]
+            log_p = _head_step(w, dropped, mask, mean, variance, target, boost, grad)
+            total_loss -= float((log_p * target).sum())
             total_correct += int((log_p.argmax(axis=1) == y[batch]).sum())
             step += 1  # Adam, as Keras has it
             first_moment += 0.1 * (grad.vector - first_moment)
