@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from dogbreeds.demo import make_competition
+from dogbreeds.synthetic import make_competition
 
 TINY = ["--backbone", "tiny_cnn", "--weights", "none", "--image-size", "48", "--epochs", "1", "--fine-tune-epochs", "0"]
 

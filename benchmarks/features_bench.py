@@ -33,7 +33,7 @@ def frame(data: str, n: int) -> pd.DataFrame:
 
 def child(args) -> None:
     """Extract args.images images into a fresh cache and report peak memory."""
-    from dogbreeds.features import FeatureCache, FeatureSpec
+    from dogbreeds.cache import FeatureCache, FeatureSpec
 
     spec = FeatureSpec(args.backbone, args.weights, args.image_size)
     images = frame(args.data, args.images)
@@ -45,7 +45,7 @@ def child(args) -> None:
 
 
 def main(args) -> None:
-    from dogbreeds.features import FeatureCache, FeatureSpec
+    from dogbreeds.cache import FeatureCache, FeatureSpec
     from dogbreeds.models import get_backbone
     from dogbreeds.pipeline import TFDataLoader
 

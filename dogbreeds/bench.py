@@ -32,15 +32,16 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from dogbreeds.competition import Competition
+from dogbreeds.competition import Competition, readable_test_images
 from dogbreeds.config import TrainConfig
-from dogbreeds.demo import make_competition
+from dogbreeds.distribute import use_precision
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.images import inspect_images
+from dogbreeds.inference import make_loader, predict, with_flip_tta
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
-from dogbreeds.pipeline import LegacyLoader, inspect_images, prefetched
+from dogbreeds.pipeline import LegacyLoader, prefetched
 from dogbreeds.runs import write_atomic
-from dogbreeds.submission import predict, readable_test_images, with_flip_tta
-from dogbreeds.training import make_loader, resolve_precision
+from dogbreeds.synthetic import make_competition
 
 PHOTO_SIZE = (500, 375)  # what a typical Kaggle dog photo costs to decode
 
@@ -181,8 +182,7 @@ def bench(
         test = test.head(max(batch_size, len(test) // batch_size * batch_size))
         for path in [*train["path"], *test["path"]]:
             Path(path).read_bytes()  # the same warm page cache for every stage
-        precision = resolve_precision(config.precision)
-        keras.mixed_precision.set_global_policy(precision)
+        precision = use_precision(config.precision)
         result = BenchResult(
             settings={
                 "data": source,

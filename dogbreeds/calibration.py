@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.metrics import TINY, log_loss
 
 EPSILON = 1e-6  # the default floor, as Kaggle submissions have always been clipped
 FLOORS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-_TINY = 1e-40  # a float32 softmax rounds to exact 0 below about 1e-45; log needs a number
 
 
 def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
@@ -33,17 +33,11 @@ def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
     return p / p.sum(axis=1, keepdims=True)
 
 
-def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
-    """Kaggle's multi-class log loss of rows that already sum to 1."""
-    picked = probabilities[np.arange(len(labels)), labels]
-    return float(-np.mean(np.log(np.maximum(picked, _TINY))))
-
-
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """p^(1/T), renormalised: a softmax of log p / T, computed stably."""
     if temperature == 1.0:
         return probabilities / probabilities.sum(axis=1, keepdims=True)
-    z = np.log(np.maximum(probabilities, _TINY)) / temperature
+    z = np.log(np.maximum(probabilities, TINY)) / temperature
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

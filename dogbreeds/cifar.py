@@ -28,15 +28,20 @@ import pandas as pd
 import tensorflow as tf
 from PIL import Image
 
+from dogbreeds.cache import FeatureCache, head_inputs
 from dogbreeds.competition import split
 from dogbreeds.config import CIFAR_MODELS, Augmentation, CifarConfig, TrainConfig
+from dogbreeds.distribute import use_precision
 from dogbreeds.errors import DogbreedsError, log
-from dogbreeds.models import CIFAR_MODELS as ARCHITECTURES
-from dogbreeds.pipeline import TFDataLoader, inspect_images
+from dogbreeds.heads import fit_head
+from dogbreeds.images import inspect_images
+from dogbreeds.inference import labelled_scores
+from dogbreeds.metrics import scores
+from dogbreeds.models import CIFAR_ARCHITECTURES
+from dogbreeds.pipeline import TFDataLoader
 from dogbreeds.report import plot_accuracy_curves, plot_history
 from dogbreeds.runs import RUNS_DIR, Run, write_atomic
-from dogbreeds.submission import with_flip_tta
-from dogbreeds.training import Phase, Progress, evaluate_probabilities, fit_phases, resolve_precision
+from dogbreeds.training import Phase, Progress, fit_phases
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -350,7 +355,7 @@ def _train_network(config: CifarConfig, data: CifarData, train, val, run: Run) -
         seed=config.seed,
         cache="memory",  # 3 KB an image: decoded once
     )
-    model = ARCHITECTURES[config.model]((32, 32, 3), n_classes)
+    model = CIFAR_ARCHITECTURES[config.model]((32, 32, 3), n_classes)
     steps = math.ceil(len(train) / batch_size)
     rate = config.learning_rate or recipe.learning_rate
     train_data, val_data = loader.training(train), loader.evaluation(val)
@@ -361,17 +366,8 @@ def _train_network(config: CifarConfig, data: CifarData, train, val, run: Run) -
     phase = Phase(
         config.model, epochs, lambda: recipe.optimizer(rate, steps, epochs), adaptive=recipe.adaptive, loss=loss
     )
-    fit_phases(model, run, [phase], train_data, val_data, Progress())
-    for leftover in (Run.last_file, Run.progress_file):  # kept for --resume, which CIFAR runs do not offer
-        run.file(leftover).unlink(missing_ok=True)
-
-    best = run.load_model()
-    served = with_flip_tta(best) if recipe.tta else best
-    sets = (("val", val), ("test", data.test))
-    scores = _scores(
-        {name: (served.predict(loader.evaluation(frame), verbose=0)[: len(frame)], frame) for name, frame in sets},
-        n_classes,
-    )
+    fit_phases(model, run, [phase], train_data, val_data, Progress(), resumable=False)  # no --resume here
+    found = labelled_scores(run.load_model(), loader, {"val": val, "test": data.test}, tta=recipe.tta)
     history = pd.read_csv(run.file(Run.log_file))
     plot_history(history, run.file(Run.plot_file), title=f"{run.name}: {config.model} on {config.dataset}")
     metrics = {
@@ -382,22 +378,11 @@ def _train_network(config: CifarConfig, data: CifarData, train, val, run: Run) -
         "batch_size": batch_size,
         "test_tta": recipe.tta,
     }
-    return metrics | scores, history
-
-
-def _scores(predictions: dict[str, tuple[np.ndarray, pd.DataFrame]], n_classes: int) -> dict:
-    """val_/test_ log loss and accuracy from each set's probabilities and its frame's labels."""
-    scores = {}
-    for name, (probabilities, frame) in predictions.items():
-        for metric, value in evaluate_probabilities(probabilities, frame["label"].to_numpy(), n_classes).items():
-            scores[f"{name}_{metric}"] = value
-    return scores
+    return metrics | found, history
 
 
 def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) -> tuple[dict, pd.DataFrame]:
-    """A frozen registry backbone on upscaled images, through the competition's feature cache."""
-    from dogbreeds import features
-
+    """A frozen registry backbone on upscaled images: the competition's feature cache and dense head."""
     settings = TrainConfig(
         method="features",
         backbone=config.backbone,
@@ -409,40 +394,35 @@ def _train_transfer(config: CifarConfig, data: CifarData, train, val, run: Run) 
         seed=config.seed,
         cache_dir=config.cache_dir,
     )
-    cache = features.FeatureCache(settings.cache_dir, settings.batch_size)
+    cache = FeatureCache(settings.cache_dir, settings.batch_size)
     started = time.perf_counter()
-    inputs = features.head_inputs(cache, settings, train, val, [data.test])
-    x, y, x_val, x_test = inputs.x, inputs.y, inputs.x_val, inputs.others[0]
+    inputs = head_inputs(cache, settings, train, val, [data.test])
     extraction = time.perf_counter() - started
-    started = time.perf_counter()
-    head, history = features.train_dense_head(settings, x, y, x_val, val["label"].to_numpy(), len(data.classes))
-    head_seconds = time.perf_counter() - started
-    features.save_head(run, head)
-    write_atomic(run.file(Run.log_file), history.to_csv(index=False))
-    plot_history(history, run.file(Run.plot_file), title=f"{run.name}: dense head on {config.backbone} features")
-    sets = (("val", x_val, val), ("test", x_test, data.test))
-    scores = _scores(
-        {name: (head.predict(x, batch_size=1024, verbose=0), frame) for name, x, frame in sets}, len(data.classes)
-    )
+    title = f"{run.name}: dense head on {config.backbone} features"
+    n_classes = len(data.classes)
+    head = fit_head(run, settings, inputs.x, inputs.y, inputs.x_val, val["label"].to_numpy(), n_classes, title)
+    found = {}
+    for name, x, frame in (("val", inputs.x_val, val), ("test", inputs.others[0], data.test)):
+        probabilities = head.model.predict(x, batch_size=1024, verbose=0)
+        found |= {f"{name}_{k}": v for k, v in scores(probabilities, frame["label"].to_numpy()).items()}
     metrics = {
-        "parameters": int(head.count_params()),
+        "parameters": int(head.model.count_params()),
         "backbone": f"{config.backbone} at {config.image_size}px, frozen",
-        "epochs": len(history),
-        "seconds_per_epoch": round(head_seconds / len(history), 2),
+        "epochs": head.epochs,
+        "seconds_per_epoch": round(head.seconds / head.epochs, 2),
         "extraction_seconds": round(extraction, 1),
         "images_extracted": cache.extracted,
-        "train_seconds": round(extraction + head_seconds, 1),
+        "train_seconds": round(extraction + head.seconds, 1),
         "test_tta": settings.tta,
     }
-    return metrics | scores, history
+    return metrics | found, head.history
 
 
 def train_model(config: CifarConfig, data: CifarData, run_dir: Path) -> Outcome:
     """One model on the data's training images (validation held out), scored on its test set."""
     train, val = split(data.train, val_split=config.val_split, seed=config.seed, limit=config.limit)
     keras.utils.set_random_seed(config.seed)
-    precision = resolve_precision(config.precision)
-    keras.mixed_precision.set_global_policy(precision)
+    precision = use_precision(config.precision)
     run = Run.create(config, data.classes, run_dir)
     log.info(
         f"{config.model} on {config.dataset}: {len(train)} training, {len(val)} validation, "
@@ -490,7 +470,22 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def run_cifar(config: CifarConfig, models: list[str], run_dir: str | None = None) -> tuple[Path, pd.DataFrame]:
+@dataclass
+class CifarResult:
+    folder: Path
+    table: pd.DataFrame
+
+    def text(self) -> str:
+        """One line per model, then where the table and the curves are."""
+        lines = [
+            f"{row.model}: test accuracy {row.test_accuracy:.2%}, test log loss {row.test_log_loss:.4f} "
+            f"({row.epochs} epochs, {row.seconds_per_epoch:g} s each)"
+            for row in self.table.itertuples(index=False)
+        ]
+        return "\n".join([*lines, f"results: {self.folder / 'results.md'}, curves: {self.folder / 'accuracy.png'}"])
+
+
+def run_cifar(config: CifarConfig, models: list[str], run_dir: str | None = None) -> CifarResult:
     """Each model in turn into its own run folder; with several, a table and curves beside them."""
     data = load_cifar(config.data, config.dataset, config.cache_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -505,7 +500,7 @@ def run_cifar(config: CifarConfig, models: list[str], run_dir: str | None = None
     write_atomic(root / "results.csv", table.to_csv(index=False))
     write_atomic(root / "results.md", markdown(table) + "\n")
     plot_accuracy_curves({o.model: o.history for o in outcomes}, root / "accuracy.png", title=config.dataset)
-    return root, table
+    return CifarResult(root, table)
 
 
 def parse_models(value: str) -> list[str]:

@@ -1,5 +1,8 @@
 """The Kaggle layout: where the files are, the classes, the test ids and the split.
 
+The split a run trains on (`prepare_data`) lives here too: `train` and `evaluate` must
+compute the very same images from the same config.
+
 DIR/labels.csv               id,breed    (image: DIR/train/<id>.jpg)
 DIR/test/<id>.jpg
 DIR/sample_submission.csv    id,<breed 1>,...,<breed 120>
@@ -14,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.images import inspect_images
 
 KAGGLE_INPUT = Path("/kaggle/input/dog-breed-identification")
 KAGGLE_HINT = (
@@ -169,3 +174,60 @@ def split(
     val = np.sort(order[:n_val])
     train = np.sort(order[n_val:])
     return labels.iloc[train].reset_index(drop=True), labels.iloc[val].reset_index(drop=True)
+
+
+@dataclass
+class Data:
+    """A run's labelled images: its training and validation frames, and what was left out."""
+
+    competition: Competition
+    train: pd.DataFrame
+    val: pd.DataFrame
+    skipped: pd.DataFrame  # id, path, problem of the images left out
+
+
+def prepare_data(config: TrainConfig) -> Data:
+    """The run's split (the same images for the same config), unreadable images left out.
+
+    Every image's header is read once; those that cannot be read are skipped and named,
+    and past --max-unreadable the run refuses to start rather than learn from a broken copy.
+    """
+    competition = Competition.load(config.data)
+    if not (competition.root / "train").is_dir():
+        raise DogbreedsError(f"{competition.root / 'train'} not found: unzip train.zip there")
+    train_frame, val_frame = split(competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    used = pd.concat([train_frame, val_frame], ignore_index=True)
+    report = inspect_images(used["path"].tolist())  # only the images this run uses (--limit)
+    orientation = dict(zip(report["path"], report["orientation"]))
+    train_frame = train_frame.assign(orientation=train_frame["path"].map(orientation))
+    val_frame = val_frame.assign(orientation=val_frame["path"].map(orientation))
+    bad = (report["problem"] != "").to_numpy()
+    skipped = used.loc[bad, ["id", "path"]].assign(problem=report.loc[bad, "problem"].to_numpy())
+    if len(skipped):
+        listing = "; ".join(f"{r.id} ({r.problem})" for r in skipped.head(3).itertuples())
+        if bad.mean() > config.max_unreadable:
+            raise DogbreedsError(
+                f"{len(skipped)} of {len(used)} training images in {competition.root / 'train'} cannot be read "
+                f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix those files or their rows"
+            )
+        log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
+        unreadable = set(skipped["path"])
+        train_frame = train_frame[~train_frame["path"].isin(unreadable)].reset_index(drop=True)
+        val_frame = val_frame[~val_frame["path"].isin(unreadable)].reset_index(drop=True)
+    return Data(competition, train_frame, val_frame, skipped)
+
+
+def readable_test_images(competition: Competition) -> pd.DataFrame:
+    """Every test id needs a row, so any image that cannot be read stops submit, named."""
+    if not (competition.root / "test").is_dir():
+        raise DogbreedsError(f"{competition.root / 'test'} not found: unzip test.zip there")
+    report = inspect_images(competition.test_paths())
+    bad = report[report["problem"] != ""]
+    if len(bad):
+        ids = [competition.test_ids[i] for i in bad.index[:3]]
+        listing = "; ".join(f"{i} ({p})" for i, p in zip(ids, bad["problem"]))
+        raise DogbreedsError(
+            f"{len(bad)} test images in {competition.root / 'test'} cannot be read (first: {listing}); "
+            "every test id needs a prediction: restore these files from the competition's test.zip"
+        )
+    return report

@@ -1,9 +1,15 @@
-"""The typed configuration of a training run, saved as JSON in the run folder."""
+"""The typed configuration of a run, saved as JSON in the run folder.
+
+Each option is declared once, as a dataclass field made by `option()`: its default, its help,
+its choices and its bounds. The command line (`dogbreeds.cli`), the validation below and the
+README's option table (`option_table`) are all read from these declarations.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,22 +18,131 @@ from dogbreeds.errors import DogbreedsError
 
 RUN_FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "default", "mirrored", "tpu")
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one field appears on the command line and what values it accepts."""
+
+    help: str
+    flag: str | None = None  # the option's name; default: --field-name (booleans get --x/--no-x)
+    choices: tuple[str, ...] = ()
+    at_least: float | None = None  # inclusive lower bound
+    positive: bool = False
+    within: tuple[float, float, str] | None = None  # (low, high, "[)" or "()")
+    shown_default: str | None = None  # the README's default column, where the value alone says too little
+    table: str | None = None  # the README's meaning column, where it says more than --help
+
+    def problem(self, value) -> str | None:
+        """What is wrong with `value`, or None; None values mean "the default" and pass."""
+        if value is None:
+            return None
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, got {value!r}"
+        if self.at_least is not None and value < self.at_least:
+            bound = "0 or more" if self.at_least == 0 else f"at least {self.at_least:g}"
+            return f"must be {bound}, got {value}"
+        if self.positive and not value > 0:
+            return f"must be positive, got {value}"
+        if self.within is not None:
+            low, high, ends = self.within
+            inside = (low <= value < high) if ends == "[)" else (low < value < high)
+            if not inside:
+                if ends == "[)":
+                    return f"must be in [{low:g}, {high:g}), got {value}"
+                return f"must be between {low:g} and {high:g}, got {value}"
+        return None
+
+
+def option(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING, **how):
+    """A dataclass field that is also a command-line option."""
+    return field(default=default, default_factory=default_factory, metadata={"option": Option(help, **how)})
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    spec: Option = f.metadata["option"]
+    return spec.flag or "--" + f.name.replace("_", "-")
+
+
+def option_fields(cls) -> list[tuple[dataclasses.Field, type, tuple[str, ...]]]:
+    """(field, type, path) of every option of a config class, nested dataclasses flattened."""
+    hints = typing.get_type_hints(cls)
+    found = []
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            found += [(inner, t, (f.name, *path)) for inner, t, path in option_fields(kind)]
+        elif "option" in f.metadata:
+            found.append((f, kind, (f.name,)))
+    return found
+
+
+def _check_options(config) -> None:
+    """Each field's own bounds, as the one-line error the user sees."""
+    for f, _, path in option_fields(type(config)):
+        value = config
+        for name in path:
+            value = getattr(value, name)
+        problem = f.metadata["option"].problem(value)
+        if problem:
+            raise DogbreedsError(f"{flag_of(f)} {problem}")
+
+
+def from_options(cls, values: dict):
+    """A config from the command line's values, keyed by field name (nested dataclasses flattened)."""
+    values = dict(values)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = kind(**{g.name: values.pop(g.name) for g in dataclasses.fields(kind) if g.name in values})
+    return cls(**values)
+
 
 def _require(checks: list[tuple[bool, str]]) -> None:
-    """The first failed check, as the one-line error the user sees."""
+    """The first failed check between options, as the one-line error the user sees."""
     for ok, message in checks:
         if not ok:
             raise DogbreedsError(message)
+
+
+def _default_text(f: dataclasses.Field, kind) -> str:
+    spec: Option = f.metadata["option"]
+    if spec.shown_default is not None:
+        return spec.shown_default
+    value = f.default
+    if kind is bool:
+        return "on" if value else "off"
+    return "" if value is None else f"`{value}`"
+
+
+def option_table(cls) -> str:
+    """The README's table of a config's options: option, default, meaning."""
+    lines = ["| option | default | meaning |", "| --- | --- | --- |"]
+    for f, kind, _ in option_fields(cls):
+        spec: Option = f.metadata["option"]
+        name = flag_of(f)
+        if kind is bool:
+            name = f"{name}/--no-{name[2:]}"
+        meaning = spec.table or spec.help
+        if spec.choices:
+            meaning += " (" + ", ".join(f"`{c}`" for c in spec.choices) + ")"
+        lines.append(f"| `{name}` | {_default_text(f, kind)} | {meaning} |")
+    return "\n".join(lines)
 
 
 @dataclass
 class Augmentation:
     """Training-time augmentation; the ranges mean what ImageDataGenerator's do."""
 
-    flip: bool = True  # random horizontal mirror
-    rotation: float = 15.0  # degrees, uniform in [-rotation, rotation]
-    shift: float = 0.1  # fraction of width/height, uniform in [-shift, shift]
-    zoom: float = 0.15  # scale uniform in [1 - zoom, 1 + zoom]; > 1 crops in
+    flip: bool = option(True, "Random horizontal mirror.")
+    rotation: float = option(15.0, "Random rotation range, degrees: uniform in [-rotation, rotation].")
+    shift: float = option(0.1, "Random shift range, a fraction of the size.", within=(0, 1, "[)"))
+    zoom: float = option(
+        0.15, "Random zoom range: scale in [1-zoom, 1+zoom]; above 1 shows more of the image.", within=(0, 1, "[)")
+    )
 
     @classmethod
     def none(cls) -> "Augmentation":
@@ -40,36 +155,91 @@ class Augmentation:
 
 @dataclass
 class TrainConfig:
-    """Everything needed to repeat a run; defaults are the competition settings."""
+    """Everything needed to repeat a competition run; defaults are the competition settings."""
 
-    data: str | None = None
-    method: str = "finetune"  # or "features": a head on cached backbone features
-    backbone: str = "inception_resnet_v2"  # features: a comma-separated ensemble is allowed
-    weights: str = "imagenet"  # features: one per backbone, comma-separated, or one for all
-    image_size: int | None = None  # None: 331 to fine-tune; each backbone's native size for features
-    batch_size: int = 32
-    epochs: int = 5
-    fine_tune_epochs: int = 5
-    fine_tune_layers: int | None = None  # None: the whole backbone
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float | None = None  # None: learning_rate / 100 (measured: / 10 wrecks MobileNetV2)
-    dropout: float = 0.5
-    hidden_units: int = 0  # 0: no hidden Dense layer in the head
-    val_split: float = 0.2
-    seed: int = 42
-    limit: int | None = None
-    loader: str = "tfdata"
-    precision: str = "auto"
-    strategy: str = "auto"  # tf.distribute: auto, default, mirrored, tpu
-    cache_images: str = "none"  # keep decoded images after the first epoch: none, memory, disk
-    patience: int = 3
-    max_unreadable: float = 0.01  # share of training images that may be skipped as unreadable
-    head: str = "dense"  # features: "dense" (Keras) or "logreg" (scikit-learn)
-    head_epochs: int = 60  # features, dense head: an upper bound; early stopping ends sooner
-    feature_views: int = 2  # features: views per training image (plain, mirror, then augmented)
-    tta: bool = True  # features: validation and test features average the plain and mirrored views
-    cache_dir: str = "cache"
+    data: str | None = option(
+        None,
+        "Competition folder (labels.csv, train/, test/). Default: $DOGBREEDS_DATA, "
+        "/kaggle/input/dog-breed-identification, ./data.",
+        shown_default="see above",
+    )
+    method: str = option(
+        "finetune",
+        "finetune the backbone, or train a head on cached backbone features.",
+        choices=("finetune", "features"),
+    )
+    backbone: str = option(
+        "inception_resnet_v2",
+        "Backbone name (see `dogbreeds backbones`); features: a,b,c for an ensemble.",
+        table="`xception`, `inception_v3`, `resnet50`, `mobilenet_v2`, `efficientnet_b0`..`b3`, `efficientnet_v2_s`, "
+        "`convnext_tiny` (`dogbreeds backbones` lists them); features: `a,b,c` for an ensemble",
+    )
+    weights: str = option(
+        "imagenet",
+        "imagenet, none, or the path of a .h5 weights file (features: one per backbone, comma-separated).",
+        table="`imagenet` (downloaded once by Keras), `none`, or the path of a `.h5` / `.weights.h5` file of the "
+        "backbone without its top (features: one per backbone, comma-separated)",
+    )
+    image_size: int | None = option(
+        None,
+        "Square input size in pixels. Default: 331 to fine-tune; each backbone's native size for features.",
+        at_least=32,
+        shown_default="331 (features: native)",
+    )
+    batch_size: int = option(32, "Images per training step.", at_least=1)
+    epochs: int = option(5, "Epochs with the backbone frozen (head only).", at_least=0)
+    fine_tune_epochs: int = option(5, "Epochs fine-tuning the backbone after that.", at_least=0)
+    fine_tune_layers: int | None = option(
+        None, "Unfreeze only the top N backbone layers. Default: all.", at_least=0, shown_default="all"
+    )
+    learning_rate: float = option(1e-3, "Adam learning rate of the frozen phase.", positive=True)
+    fine_tune_learning_rate: float | None = option(
+        None,
+        "Learning rate of fine-tuning. Default: a hundredth of --learning-rate.",
+        positive=True,
+        shown_default="learning rate / 100",
+    )
+    dropout: float = option(0.5, "Dropout before the classifier.", within=(0, 1, "[)"))
+    hidden_units: int = option(0, "Width of an extra hidden Dense layer in the head (0: none).", at_least=0)
+    val_split: float = option(0.2, "Share of labelled images held out, stratified by breed.", within=(0, 0.5, "()"))
+    seed: int = option(42, "Seed of the split, the shuffling and the augmentation.")
+    limit: int | None = option(
+        None, "Use a stratified subset of N labelled images (quick trial).", at_least=2, shown_default="all"
+    )
+    loader: str = option("tfdata", "tfdata (fast) or legacy (ImageDataGenerator).", choices=("tfdata", "legacy"))
+    precision: str = option(
+        "auto", "auto: mixed_float16 on a GPU, mixed_bfloat16 on a TPU, float32 on a CPU.", choices=PRECISIONS
+    )
+    strategy: str = option(
+        "auto", "tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",
+        choices=STRATEGIES,
+    )  # fmt: skip
+    cache_images: str = option(
+        "none",
+        "Keep decoded, resized images after the first epoch: in memory, or on disk in $DOGBREEDS_CACHE.",
+        choices=("none", "memory", "disk"),
+    )
+    patience: int = option(
+        3,
+        "Epochs without validation improvement before stopping a phase.",
+        table="Epochs without validation improvement before a phase stops (the learning rate drops after N-1).",
+    )
+    max_unreadable: float = option(
+        0.01, "Share of training images that may be skipped as unreadable.", within=(0, 1, "[)")
+    )
+    head: str = option(
+        "dense",
+        "features: dense (Keras) or logreg (scikit-learn, C chosen on validation).",
+        choices=("dense", "logreg"),
+    )
+    head_epochs: int = option(60, "features, dense head: most epochs (stops early).", at_least=1)
+    feature_views: int = option(
+        2, "features: views per training image (plain, mirror, then augmented).", at_least=1
+    )
+    tta: bool = option(True, "features: validate on the average of each image and its mirror.")
+    cache_dir: str = option("cache", "features: where extracted features are cached.")
     augmentation: Augmentation = field(default_factory=Augmentation)
+    mode: str = "competition"  # what kind of run folder this config makes
     version: str = __version__
     run_format: int = RUN_FORMAT
 
@@ -89,59 +259,28 @@ class TrainConfig:
         return given[index] if len(given) > 1 else given[0]
 
     def validate(self) -> None:
+        _check_options(self)
         n_weights = len(self.weights.split(","))
-        checks = [
-            (self.method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {self.method!r}"),
-            (self.head in HEADS, f"--head must be one of {', '.join(HEADS)}, got {self.head!r}"),
-            (
-                self.method == "features" or len(self.backbones) == 1,
-                "several backbones (an ensemble) need --method features",
-            ),
-            (
-                n_weights in (1, len(self.backbones)),
-                f"--weights gives {n_weights} files for {len(self.backbones)} backbones",
-            ),
-            (
-                self.image_size is None or self.image_size >= 32,
-                f"--image-size must be at least 32, got {self.image_size}",
-            ),
-            (self.feature_views >= 1, f"--feature-views must be at least 1, got {self.feature_views}"),
-            (self.head_epochs >= 1, f"--head-epochs must be at least 1, got {self.head_epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.epochs >= 0, f"--epochs must be 0 or more, got {self.epochs}"),
-            (self.fine_tune_epochs >= 0, f"--fine-tune-epochs must be 0 or more, got {self.fine_tune_epochs}"),
-            (
-                self.method == "features" or self.epochs + self.fine_tune_epochs >= 1,
-                "--epochs plus --fine-tune-epochs must be at least 1",
-            ),
-            (
-                self.fine_tune_layers is None or self.fine_tune_layers >= 0,
-                f"--fine-tune-layers must be 0 or more, got {self.fine_tune_layers}",
-            ),
-            (self.learning_rate > 0, f"--learning-rate must be positive, got {self.learning_rate}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (0 < self.val_split < 0.5, f"--val-split must be between 0 and 0.5, got {self.val_split}"),
-            (self.limit is None or self.limit >= 2, f"--limit must be at least 2, got {self.limit}"),
-            (
-                self.precision in PRECISIONS,
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-            ),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}"),
-            (
-                self.cache_images in CACHE_IMAGES,
-                f"--cache-images must be one of {', '.join(CACHE_IMAGES)}, got {self.cache_images!r}",
-            ),
-            (
-                self.cache_images == "none" or self.loader == "tfdata",
-                "--cache-images works with --loader tfdata only; drop it or use the default loader",
-            ),
-            (0 <= self.max_unreadable < 1, f"--max-unreadable must be in [0, 1), got {self.max_unreadable}"),
-            (
-                0 <= self.augmentation.shift < 1 and 0 <= self.augmentation.zoom < 1,
-                "--shift and --zoom must be in [0, 1)",
-            ),
-        ]
-        _require(checks)
+        _require(
+            [
+                (
+                    self.method == "features" or len(self.backbones) == 1,
+                    "several backbones (an ensemble) need --method features",
+                ),
+                (
+                    n_weights in (1, len(self.backbones)),
+                    f"--weights gives {n_weights} files for {len(self.backbones)} backbones",
+                ),
+                (
+                    self.method == "features" or self.epochs + self.fine_tune_epochs >= 1,
+                    "--epochs plus --fine-tune-epochs must be at least 1",
+                ),
+                (
+                    self.cache_images == "none" or self.loader == "tfdata",
+                    "--cache-images works with --loader tfdata only; drop it or use the default loader",
+                ),
+            ]
+        )
 
     @property
     def pretrained(self) -> bool:
@@ -157,6 +296,10 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str, source: Path | str = "config.json") -> "TrainConfig":
         raw = json.loads(text)
+        if raw.get("mode", "competition") != "competition":
+            raise DogbreedsError(
+                f"{source} belongs to a `dogbreeds {raw['mode']}` run, not a competition run; pick another --run"
+            )
         if raw.get("run_format") != RUN_FORMAT:
             raise DogbreedsError(
                 f"{source} was written by dogbreeds {raw.get('version', 'before 0.1')} in another run format; "
@@ -172,67 +315,52 @@ class TrainConfig:
         return cls(**raw)
 
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-METHODS = ("finetune", "features")
-HEADS = ("dense", "logreg")
-STRATEGIES = ("auto", "default", "mirrored", "tpu")
-CACHE_IMAGES = ("none", "memory", "disk")
-
-
 CIFAR_MODELS = ("mlp", "cnn", "seed-cnn", "transfer")
-CIFAR_DATASETS = ("cifar10", "cifar100")
 
 
 @dataclass
 class CifarConfig:
     """`dogbreeds cifar`: one of the ten-class experiments; None means the model's own recipe."""
 
-    model: str = "cnn"  # mlp, cnn, seed-cnn, transfer (or "all" on the command line)
-    dataset: str = "cifar10"
-    data: str | None = None  # python batches folder or train/<class>/, test/<class>/ images; None: keras.datasets
-    epochs: int | None = None
-    batch_size: int | None = None
-    learning_rate: float | None = None
-    limit: int | None = None  # training images, a stratified subset (the test set stays whole)
-    val_split: float = 0.1
-    seed: int = 42
-    precision: str = "auto"
-    backbone: str = "mobilenet_v2"  # transfer
-    weights: str = "imagenet"  # transfer
-    image_size: int = 96  # transfer: the 32x32 images are upscaled to this
-    cache_dir: str = "cache"
+    model: str = "cnn"  # one of CIFAR_MODELS; the command line also takes a list, or all
+    dataset: str = option("cifar10", "cifar10 or cifar100.", choices=("cifar10", "cifar100"))
+    data: str | None = option(
+        None,
+        "cifar-10-batches-py / cifar-100-python folder, or train/<class>/ and test/<class>/ image folders. "
+        "Default: download with keras.datasets.",
+    )
+    epochs: int | None = option(
+        None, "Default: the model's recipe (mlp 30, seed-cnn 10, cnn 30; transfer: head epochs, 60).", at_least=1
+    )
+    batch_size: int | None = option(
+        None, "Default: the model's recipe (mlp 128, seed-cnn 32, cnn 512).", at_least=1
+    )
+    learning_rate: float | None = option(None, "Default: the model's recipe.", positive=True)
+    limit: int | None = option(None, "Use only N training images (a stratified subset).", at_least=20)
+    val_split: float = option(0.1, "Share of the training images held out for validation.", within=(0, 0.5, "()"))
+    seed: int = option(42, "Split, shuffling, augmentation and initial weights.")
+    precision: str = option(
+        "auto", "auto: float32 on a CPU; mixed_bfloat16 is faster on CPUs with AMX (Xeon 4th gen+).",
+        choices=PRECISIONS,
+    )  # fmt: skip
+    backbone: str = option("mobilenet_v2", "transfer: the frozen backbone.")
+    weights: str = option("imagenet", "transfer: imagenet, or the path of a .h5 weights file.")
+    image_size: int = option(96, "transfer: the images are upscaled to this.", at_least=32)
+    cache_dir: str = option("cache", "Image folders made from batches, and features.")
     mode: str = "cifar"  # tells a CIFAR run folder from a competition run
     version: str = __version__
     run_format: int = RUN_FORMAT
 
     def __post_init__(self) -> None:
-        checks = [
-            (
-                self.model in CIFAR_MODELS,
-                f"--model must be one of {', '.join(CIFAR_MODELS)} or all, got {self.model!r}",
-            ),
-            (
-                self.dataset in CIFAR_DATASETS,
-                f"--dataset must be one of {', '.join(CIFAR_DATASETS)}, got {self.dataset!r}",
-            ),
-            (self.epochs is None or self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (
-                self.batch_size is None or self.batch_size >= 1,
-                f"--batch-size must be at least 1, got {self.batch_size}",
-            ),
-            (
-                self.learning_rate is None or self.learning_rate > 0,
-                f"--learning-rate must be positive, got {self.learning_rate}",
-            ),
-            (self.limit is None or self.limit >= 20, f"--limit must be at least 20, got {self.limit}"),
-            (0 < self.val_split < 0.5, f"--val-split must be between 0 and 0.5, got {self.val_split}"),
-            (
-                self.precision in PRECISIONS,
-                f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}",
-            ),
-            (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
-        ]
-        _require(checks)
+        _require(
+            [
+                (
+                    self.model in CIFAR_MODELS,
+                    f"--model must be one of {', '.join(CIFAR_MODELS)} or all, got {self.model!r}",
+                )
+            ]
+        )
+        _check_options(self)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

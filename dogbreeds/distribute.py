@@ -1,4 +1,5 @@
-"""tf.distribute: one strategy for the machine's accelerators, and what scales with it.
+"""The machine: one tf.distribute strategy for its accelerators, the precision that suits them,
+and its failures (out of memory, Ctrl-C) said as one line.
 
 `auto` takes a TPU when there is one, all GPUs when there are several, and otherwise the
 default strategy (one device). Under a strategy `--batch-size` is per replica: the global
@@ -11,11 +12,13 @@ from __future__ import annotations
 import functools
 import glob
 import os
+from contextlib import contextmanager
 
+import keras
 import tensorflow as tf
 
 from dogbreeds.config import STRATEGIES
-from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.errors import DogbreedsError, Interrupted, log
 
 CPU_DEVICES_VARIABLE = "DOGBREEDS_CPU_DEVICES"  # split the CPU into N logical devices: replicas without GPUs
 
@@ -77,3 +80,30 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     replicas = strategy.num_replicas_in_sync
     name = type(strategy).__name__.lstrip("_").replace("DistributionStrategy", "Strategy")
     return f"{name}, {replicas} replica{'s' * (replicas > 1)}"
+
+
+def use_precision(precision: str) -> str:
+    """Set Keras' global policy; auto: mixed_float16 on a CUDA GPU, mixed_bfloat16 on a TPU, else float32."""
+    if precision == "auto":
+        if tf.config.list_logical_devices("TPU"):
+            precision = "mixed_bfloat16"
+        elif tf.config.list_physical_devices("GPU"):
+            precision = "mixed_float16"
+        else:
+            precision = "float32"
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+@contextmanager
+def user_facing_failures(batch_size: int, resume_hint: str = ""):
+    """Ctrl-C, SIGTERM and out-of-memory become one line that says how to go on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted{resume_hint}") from None
+    except tf.errors.ResourceExhaustedError:
+        raise DogbreedsError(
+            f"out of memory at --batch-size {batch_size}: try --batch-size {max(1, batch_size // 2)} "
+            f"or a smaller --image-size{resume_hint}"
+        ) from None

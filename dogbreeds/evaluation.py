@@ -19,23 +19,13 @@ import pandas as pd
 
 from dogbreeds import calibration as calibrating
 from dogbreeds.calibration import EPSILON, Calibration, clip, reliability
+from dogbreeds.competition import prepare_data
+from dogbreeds.inference import Predictor, check_classes
+from dogbreeds.metrics import confusion_matrix, top_k_accuracy
 from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
-from dogbreeds.runs import Run, write_atomic
-from dogbreeds.submission import check_classes, predict_run
-from dogbreeds.training import prepare_data
+from dogbreeds.runs import Run
 
 EXAMPLES = 24
-
-
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
-    """counts[true, predicted]."""
-    return np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def top_k_accuracy(probabilities: np.ndarray, labels: np.ndarray, k: int) -> float:
-    k = min(k, probabilities.shape[1])
-    top = np.argpartition(-probabilities, k - 1, axis=1)[:, :k]
-    return float(np.mean((top == labels[:, None]).any(axis=1)))
 
 
 def confused_pairs(matrix: np.ndarray, classes: list[str], top: int = 10) -> pd.DataFrame:
@@ -226,17 +216,15 @@ def _table(frame: pd.DataFrame, columns: list[str], *, markdown: bool = True) ->
 def evaluate(
     run: str | Path | None = None, data: str | Path | None = None, *, tta: bool = True, batch_size: int | None = None
 ) -> Evaluation:
-    opened = Run.open(run)
-    config = opened.config()
+    predictor = Predictor.open(run, batch_size=batch_size, calibration=False)
+    opened, config = predictor.run, predictor.config
     if data is not None:
         config.data = str(data)
     prepared = prepare_data(config)  # the very split training held out, unreadable images left out
     competition, val = prepared.competition, prepared.val
     check_classes(opened, competition)
     classes = competition.classes
-    if batch_size:
-        config.batch_size = batch_size
-    raw = predict_run(opened, config, val, tta=tta, desc="validation images")
+    raw = predictor.predict(val, tta=tta, desc="validation images")
     labels = val["label"].to_numpy()
     calibration = calibrating.fit(raw, labels, tta=tta, seed=config.seed)
     before, after = clip(raw, EPSILON), calibration.apply(raw)
@@ -298,6 +286,5 @@ def evaluate(
         (Run.evaluation_report, result.markdown()),
         (Run.calibration_file, calibration.to_json()),
     ):
-        write_atomic(opened.file(name), text)
-        result.files.append(opened.file(name))
+        result.files.append(opened.write(name, text))
     return result

@@ -212,4 +212,4 @@ def _resnet9(input_shape, n_classes: int, widths=(32, 64, 128, 256)) -> keras.Mo
     return keras.Model(inputs, outputs, name="resnet9")
 
 
-CIFAR_MODELS: dict[str, Callable[..., keras.Model]] = {"mlp": _mlp, "seed-cnn": _seed_cnn, "cnn": _resnet9}
+CIFAR_ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {"mlp": _mlp, "seed-cnn": _seed_cnn, "cnn": _resnet9}

@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dogbreeds.calibration import EPSILON, clip, describe
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.pipeline import inspect_images
-from dogbreeds.runs import Run
-from dogbreeds.submission import predict_run
+from dogbreeds.images import inspect_images
+from dogbreeds.inference import Predictor
 
 FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a folder is searched for
 
@@ -79,6 +77,11 @@ class PredictResult:
     predictions: list[Prediction]
     calibration_note: str
 
+    def text(self, as_json: bool = False) -> str:
+        """Each image's breeds: an indented list, or one JSON object a line (without the note)."""
+        lines = [p.to_json() for p in self.predictions] if as_json else [p.text() for p in self.predictions]
+        return "\n".join(lines)
+
 
 def predict_images(
     inputs: list[str | Path],
@@ -91,19 +94,15 @@ def predict_images(
 ) -> PredictResult:
     if top < 1:
         raise DogbreedsError(f"--top must be at least 1, got {top}")
-    opened = Run.open(run)
+    predictor = Predictor.open(run, batch_size=batch_size)
     paths = image_paths(inputs)
     images = checked_images(paths)
-    config = opened.config()
-    classes = opened.classes()
-    calibration = opened.calibration()
-    if batch_size:
-        config.batch_size = batch_size
-    raw = predict_run(opened, config, images, tta=tta, desc="images")
-    used = calibration if calibrate else None
-    probabilities = used.apply(raw) if used else clip(raw, EPSILON)
+    classes = predictor.classes
+    raw = predictor.predict(images, tta=tta, desc="images")
+    calibrated = predictor.calibrated(raw, calibrate=calibrate, tta=tta)
+    probabilities = calibrated.probabilities
     order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(top, len(classes))]
     predictions = [
         Prediction(path, [(classes[c], float(probabilities[i, c])) for c in order[i]]) for i, path in enumerate(paths)
     ]
-    return PredictResult(predictions, describe(used, available=calibration is not None, tta=tta, where=opened.path))
+    return PredictResult(predictions, calibrated.note)

@@ -110,12 +110,7 @@ class Run:
         return cls(candidates[-1])
 
     def config(self) -> TrainConfig:
-        text = self.file(self.config_file).read_text()
-        if _read_json(self.file(self.config_file)).get("mode") == "cifar":
-            raise DogbreedsError(
-                f"run {self.path} is a `dogbreeds cifar` run, not a competition run; pick another --run"
-            )
-        return TrainConfig.from_json(text, self.file(self.config_file))
+        return TrainConfig.from_json(self.file(self.config_file).read_text(), self.file(self.config_file))
 
     def classes(self) -> list[str]:
         return json.loads(self.file(self.classes_file).read_text())
@@ -141,67 +136,21 @@ class Run:
 
         return Calibration.load(self.file(self.calibration_file))
 
+    def write(self, name: str, data: str | bytes) -> Path:
+        """A file of the run, written atomically."""
+        write_atomic(self.file(name), data)
+        return self.file(name)
+
+    def save_model(self, model, name: str = model_file) -> None:
+        """A Keras model saved under a temporary name, then renamed into place."""
+        path = self.file(name)
+        tmp = temporary_sibling(path)
+        model.save(tmp)
+        tmp.replace(path)
+
     def save_metrics(self, metrics: dict) -> None:
-        write_atomic(self.file(self.metrics_file), json.dumps(metrics, indent=2))
+        self.write(self.metrics_file, json.dumps(metrics, indent=2))
 
     def metrics(self) -> dict:
         path = self.file(self.metrics_file)
         return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def list_runs(folder: Path = RUNS_DIR) -> list[dict]:
-    """Every run under `folder`, newest first; raw JSON, so a run from another version still lists."""
-    rows = []
-    for path in (p for p in folder.glob("*") if p.is_dir() and (p / Run.config_file).is_file()):
-        config = _read_json(path / Run.config_file)
-        model = path / Run.model_file
-        metrics = _read_json(path / Run.metrics_file)
-        evaluation = _read_json(path / Run.evaluation_file)
-        cifar = config.get("mode") == "cifar"  # its model's name in place of a backbone
-        rows.append(
-            {
-                "name": path.name,
-                "backbone": config.get("model", "?") if cifar else config.get("backbone", "?"),
-                "method": "cifar" if cifar else config.get("method", "finetune"),
-                "image_size": config.get("image_size", "?"),
-                "date": datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
-                "finished": model.is_file(),
-                "val_log_loss": metrics.get("val_log_loss"),
-                "val_accuracy": metrics.get("val_accuracy"),
-                "calibrated_log_loss": evaluation.get("log_loss_calibrated"),
-            }
-        )
-    return sorted(rows, key=lambda row: row["date"], reverse=True)
-
-
-def format_runs(rows: list[dict]) -> str:
-    """The table `dogbreeds runs` prints."""
-    header = ["run", "backbone", "method", "size", "date", "val log loss", "val accuracy", "calibrated log loss"]
-    table = [header]
-    for row in rows:
-        table.append(
-            [
-                row["name"],
-                str(row["backbone"]),
-                str(row["method"]),
-                str(row["image_size"]),
-                row["date"].strftime("%Y-%m-%d %H:%M") if row["finished"] else "unfinished",
-                f"{row['val_log_loss']:.4f}" if row["val_log_loss"] is not None else "-",
-                f"{row['val_accuracy']:.2%}" if row["val_accuracy"] is not None else "-",
-                f"{row['calibrated_log_loss']:.4f}" if row["calibrated_log_loss"] is not None else "-",
-            ]
-        )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    right = {3, 5, 6, 7}
-    return "\n".join(
-        "  ".join(v.rjust(w) if i in right else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-        for r in table
-    )

@@ -11,101 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
-from tqdm.auto import tqdm
 
-from dogbreeds.calibration import EPSILON, Calibration, clip, describe
-from dogbreeds.competition import Competition
+from dogbreeds.calibration import Calibration
+from dogbreeds.competition import readable_test_images
 from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.pipeline import Loader, inspect_images
-from dogbreeds.runs import Run, write_atomic
-from dogbreeds.training import evaluate_probabilities, make_loader, user_facing_failures
+from dogbreeds.inference import Predictor
+from dogbreeds.runs import write_atomic
 
 SUBMISSIONS_DIR = Path("submissions")
-
-
-class ProgressBar(keras.callbacks.Callback):
-    """A tqdm bar over prediction batches, in images."""
-
-    def __init__(self, total: int, batch_size: int, desc: str):
-        super().__init__()
-        self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-        self.batch_size = batch_size
-
-    def on_predict_batch_end(self, batch, logs=None):
-        self.bar.update(min(self.batch_size, self.bar.total - self.bar.n))
-
-    def on_predict_end(self, logs=None):
-        self.bar.close()
-
-
-def with_flip_tta(model: keras.Model) -> keras.Model:
-    """The model averaged over each image and its mirror, in one compiled graph."""
-    inputs = keras.Input(model.input_shape[1:])
-    mirrored = keras.ops.flip(inputs, axis=2)
-    outputs = (model(inputs) + model(mirrored)) / 2.0
-    return keras.Model(inputs, outputs)
-
-
-def predict(
-    model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict"
-) -> np.ndarray:
-    """Probabilities for the images of a frame with a `path` column, in its order."""
-    if tta:
-        model = with_flip_tta(model)
-    progress = ProgressBar(len(images), loader.batch_size, desc)
-    probabilities = model.predict(loader.prediction(images), verbose=0, callbacks=[progress])
-    return np.asarray(probabilities[: len(images)], dtype=np.float64)  # without a loader's padding
-
-
-def predict_run(
-    run: Run, config, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict", strategy=None
-) -> np.ndarray:
-    """A run's probabilities for a frame of images, whichever method trained it."""
-    if config.method == "features":
-        from dogbreeds.features import predict_images
-
-        return predict_images(run, config, images, tta=tta)
-    strategy = strategy or tf.distribute.get_strategy()
-    with strategy.scope():
-        loader = make_loader(config, strategy.num_replicas_in_sync)
-        return predict(run.load_model(), loader, images, tta=tta, desc=desc)
-
-
-def readable_test_images(competition: Competition) -> pd.DataFrame:
-    """Every test id needs a row, so any image that cannot be read stops submit, named."""
-    if not (competition.root / "test").is_dir():
-        raise DogbreedsError(f"{competition.root / 'test'} not found: unzip test.zip there")
-    report = inspect_images(competition.test_paths())
-    bad = report[report["problem"] != ""]
-    if len(bad):
-        ids = [competition.test_ids[i] for i in bad.index[:3]]
-        listing = "; ".join(f"{i} ({p})" for i, p in zip(ids, bad["problem"]))
-        raise DogbreedsError(
-            f"{len(bad)} test images in {competition.root / 'test'} cannot be read (first: {listing}); "
-            "every test id needs a prediction: restore these files from the competition's test.zip"
-        )
-    return report
-
-
-def load_competition(run: Run, data: str | Path | None = None, *, need_test: bool = False) -> Competition:
-    """The run's competition (or `data`), checked to have the classes the model was trained on."""
-    competition = Competition.load(data if data is not None else run.config().data, need_test=need_test)
-    check_classes(run, competition)
-    return competition
-
-
-def check_classes(run: Run, competition: Competition) -> None:
-    classes = run.classes()
-    if classes != competition.classes:
-        raise DogbreedsError(
-            f"run {run.path} was trained on {len(classes)} classes that differ from the "
-            f"{len(competition.classes)} of {competition.root}; pass the --data it was trained on"
-        )
 
 
 def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
@@ -131,6 +47,15 @@ class SubmitResult:
     calibration: Calibration | None  # None: clipped at EPSILON only
     calibration_note: str
 
+    def text(self) -> str:
+        """What `dogbreeds submit` prints: how the probabilities were made, then the file."""
+        top = ", ".join(f"{breed} ({n})" for breed, n in self.top_breeds)
+        return (
+            f"{self.calibration_note}\n"
+            f"wrote {self.path}: {self.rows} rows, mean top probability {self.mean_max_probability:.3f}; "
+            f"most predicted: {top}"
+        )
+
 
 def submit(
     run: str | Path | None = None,
@@ -144,21 +69,16 @@ def submit(
     strategy: str = "auto",
 ) -> SubmitResult:
     distribution = make_strategy(strategy)  # first: it may connect a TPU or split the CPU
-    opened = Run.open(run)
-    config = opened.config()
-    competition = load_competition(opened, data, need_test=True)
+    predictor = Predictor.open(run, batch_size=batch_size)
+    competition = predictor.competition(data, need_test=True)
     classes = competition.classes
-    calibration = opened.calibration()  # read before predicting: a broken file fails fast
-    out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{opened.name}.csv"
+    out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{predictor.run.name}.csv"
     if out.exists() and not force:
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
     images = readable_test_images(competition)
-    if batch_size:
-        config.batch_size = batch_size
-    with user_facing_failures(None, config.batch_size):
-        raw = predict_run(opened, config, images, tta=tta, desc="test images", strategy=distribution)
-    used = calibration if calibrate else None
-    probabilities = used.apply(raw) if used else clip(raw, EPSILON)
+    raw = predictor.predict(images, tta=tta, desc="test images", strategy=distribution)
+    calibrated = predictor.calibrated(raw, calibrate=calibrate, tta=tta)
+    probabilities = calibrated.probabilities
 
     frame = pd.DataFrame(probabilities, columns=classes)
     frame.insert(0, "id", competition.test_ids)
@@ -170,23 +90,6 @@ def submit(
         rows=len(frame),
         mean_max_probability=float(probabilities.max(axis=1).mean()),
         top_breeds=list(winners.items()),
-        calibration=used,
-        calibration_note=describe(used, available=calibration is not None, tta=tta, where=opened.path),
+        calibration=calibrated.calibration,
+        calibration_note=calibrated.note,
     )
-
-
-def score(submission: str | Path, solution: str | Path) -> dict:
-    """Kaggle's metric on a local answer key (id,breed): log loss and accuracy."""
-    predicted = pd.read_csv(submission, dtype={"id": str})
-    truth = pd.read_csv(solution, dtype=str)
-    classes = list(predicted.columns[1:])
-    merged = truth.merge(predicted, on="id", how="left", validate="one_to_one")
-    if merged[classes].isna().any().any():
-        raise DogbreedsError(f"{submission} has no row for some ids of {solution}")
-    unknown = set(truth["breed"]) - set(classes)
-    if unknown:
-        raise DogbreedsError(f"{solution} has breeds that are not columns of {submission}: {sorted(unknown)[:3]}")
-    probabilities = merged[classes].to_numpy(dtype=np.float64)
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    labels = merged["breed"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-    return evaluate_probabilities(np.clip(probabilities, 1e-15, 1 - 1e-15), labels, len(classes))

@@ -15,114 +15,29 @@ import json
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import keras
-import numpy as np
 import pandas as pd
 import tensorflow as tf
-from sklearn.metrics import log_loss
 
-from dogbreeds.competition import Competition, split
+from dogbreeds.cache import FeatureCache, head_inputs
+from dogbreeds.competition import Data, prepare_data
 from dogbreeds.config import TrainConfig
-from dogbreeds.distribute import describe, make_strategy
+from dogbreeds.distribute import describe, make_strategy, use_precision, user_facing_failures
 from dogbreeds.errors import DogbreedsError, Interrupted, log
-from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
-from dogbreeds.pipeline import LOADERS, Loader, inspect_images
+from dogbreeds.heads import fit_head
+from dogbreeds.images import inspect_images
+from dogbreeds.inference import labelled_scores, make_loader
+from dogbreeds.metrics import scores
+from dogbreeds.models import build_backbone, build_classifier, set_trainable
 from dogbreeds.report import plot_history
-from dogbreeds.runs import Run, temporary_sibling, write_atomic
+from dogbreeds.runs import Run
 
 
-def resolve_precision(precision: str) -> str:
-    """auto: mixed_float16 on a CUDA GPU, mixed_bfloat16 on a TPU, float32 on a CPU."""
-    if precision != "auto":
-        return precision
-    if tf.config.list_logical_devices("TPU"):
-        return "mixed_bfloat16"
-    if tf.config.list_physical_devices("GPU"):
-        return "mixed_float16"
-    return "float32"
-
-
-def make_loader(config: TrainConfig, replicas: int = 1) -> Loader:
-    """The configured loader; its batches are global: --batch-size per replica, times the replicas."""
-    if config.loader not in LOADERS:
-        raise DogbreedsError(f"unknown --loader {config.loader!r}; choose one of: {', '.join(LOADERS)}")
-    return LOADERS[config.loader](
-        image_size=config.image_size,
-        batch_size=config.batch_size * replicas,
-        preprocess=get_backbone(config.backbone).preprocess,
-        augmentation=config.augmentation,
-        seed=config.seed,
-        cache=config.cache_images,
-        replicas=replicas,
-    )
-
-
-def evaluate_probabilities(probabilities: np.ndarray, labels: np.ndarray, n_classes: int) -> dict:
-    return {
-        "log_loss": float(log_loss(labels, probabilities, labels=np.arange(n_classes))),
-        "accuracy": float(np.mean(probabilities.argmax(axis=1) == labels)),
-    }
-
-
-@contextmanager
-def user_facing_failures(run: Run | None, batch_size: int):
-    """Ctrl-C, SIGTERM and out-of-memory become one line that says how to go on."""
-    hint = f"; continue with: dogbreeds train --resume {run.path}" if run else ""
-    try:
-        yield
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted{hint}") from None
-    except tf.errors.ResourceExhaustedError:
-        raise DogbreedsError(
-            f"out of memory at --batch-size {batch_size}: try --batch-size {max(1, batch_size // 2)} "
-            f"or a smaller --image-size{hint}"
-        ) from None
-
-
-# -- data -------------------------------------------------------------------------------
-
-
-@dataclass
-class Data:
-    competition: Competition
-    train: pd.DataFrame
-    val: pd.DataFrame
-    skipped: pd.DataFrame  # id, path, problem of the images left out
-
-
-def prepare_data(config: TrainConfig) -> Data:
-    """The run's split (the same images for the same config), unreadable images left out.
-
-    Every image's header is read once; those that cannot be read are skipped and named,
-    and past --max-unreadable the run refuses to start rather than learn from a broken copy.
-    """
-    competition = Competition.load(config.data)
-    if not (competition.root / "train").is_dir():
-        raise DogbreedsError(f"{competition.root / 'train'} not found: unzip train.zip there")
-    train_frame, val_frame = split(competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
-    used = pd.concat([train_frame, val_frame], ignore_index=True)
-    report = inspect_images(used["path"].tolist())  # only the images this run uses (--limit)
-    orientation = dict(zip(report["path"], report["orientation"]))
-    train_frame = train_frame.assign(orientation=train_frame["path"].map(orientation))
-    val_frame = val_frame.assign(orientation=val_frame["path"].map(orientation))
-    bad = (report["problem"] != "").to_numpy()
-    skipped = used.loc[bad, ["id", "path"]].assign(problem=report.loc[bad, "problem"].to_numpy())
-    if len(skipped):
-        listing = "; ".join(f"{r.id} ({r.problem})" for r in skipped.head(3).itertuples())
-        if bad.mean() > config.max_unreadable:
-            raise DogbreedsError(
-                f"{len(skipped)} of {len(used)} training images in {competition.root / 'train'} cannot be read "
-                f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix those files or their rows"
-            )
-        log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
-        unreadable = set(skipped["path"])
-        train_frame = train_frame[~train_frame["path"].isin(unreadable)].reset_index(drop=True)
-        val_frame = val_frame[~val_frame["path"].isin(unreadable)].reset_index(drop=True)
-    return Data(competition, train_frame, val_frame, skipped)
+def _resume_hint(run: Run) -> str:
+    return f"; continue with: dogbreeds train --resume {run.path}"
 
 
 # -- callbacks --------------------------------------------------------------------------
@@ -141,20 +56,14 @@ class Progress:
 class SaveProgress(keras.callbacks.Callback):
     """After each epoch: the epoch log, the best model, the last model, then progress.json."""
 
-    def __init__(self, run: Run, progress: Progress):
+    def __init__(self, run: Run, progress: Progress, resumable: bool = True):
         super().__init__()
-        self.run, self.progress = run, progress
+        self.run, self.progress, self.resumable = run, progress, resumable
         log_path = run.file(Run.log_file)
         rows = pd.read_csv(log_path).head(progress.epoch) if log_path.is_file() and progress.epoch else pd.DataFrame()
         self.rows = rows.to_dict("records")
         seen = [r["val_loss"] for r in self.rows if "val_loss" in r]
         self.best = min(seen, default=math.inf)
-
-    def _save_model(self, name: str) -> None:
-        path = self.run.file(name)
-        tmp = temporary_sibling(path)
-        self.model.save(tmp)
-        tmp.replace(path)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
@@ -165,13 +74,14 @@ class SaveProgress(keras.callbacks.Callback):
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row["seconds"] = round(time.perf_counter() - self.started, 2)
         self.rows.append(row)
-        write_atomic(self.run.file(Run.log_file), pd.DataFrame(self.rows).to_csv(index=False))
+        self.run.write(Run.log_file, pd.DataFrame(self.rows).to_csv(index=False))
         if logs.get("val_loss", math.inf) < self.best:
             self.best = logs["val_loss"]
-            self._save_model(Run.model_file)
-        self._save_model(Run.last_file)
+            self.run.save_model(self.model)
         self.progress.epoch = epoch + 1
-        write_atomic(self.run.file(Run.progress_file), json.dumps(asdict(self.progress)))
+        if self.resumable:
+            self.run.save_model(self.model, Run.last_file)
+            self.run.write(Run.progress_file, json.dumps(asdict(self.progress)))
 
 
 # -- the two phases ---------------------------------------------------------------------
@@ -181,6 +91,18 @@ class SaveProgress(keras.callbacks.Callback):
 class TrainResult:
     run: Run
     metrics: dict
+
+    def text(self) -> str:
+        """The line `dogbreeds train` ends with."""
+        m = self.metrics
+        if m.get("method") == "features":
+            how = f"{m['head']} head on {m['features']} features, trained in {m['head_seconds']:.2f} s"
+        else:
+            how = f"best epoch {m['best_epoch']} of {m['epochs']}"
+        return (
+            f"run {self.run.path}: validation log loss {m['val_log_loss']:.4f} "
+            f"(uniform guess {m['uniform_log_loss']:.4f}), accuracy {m['val_accuracy']:.2%}, {how}"
+        )
 
 
 @dataclass
@@ -203,13 +125,16 @@ def fit_phases(
     val_data: tf.data.Dataset,
     progress: Progress,
     patience: int = 3,
+    resumable: bool = True,
 ) -> None:
     """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
 
     A phase already in `progress.completed` is skipped; the current one (a resumed run)
     continues without recompiling, so the optimizer loaded with the model keeps its state.
+    `resumable` keeps last.keras and progress.json for `--resume`; without it only the best
+    model and the epoch log are written.
     """
-    saver = SaveProgress(run, progress)
+    saver = SaveProgress(run, progress, resumable)
     verbose = 1 if sys.stdout.isatty() else 2
     for phase in phases:
         if phase.name in progress.completed:
@@ -236,7 +161,8 @@ def fit_phases(
                 callbacks=callbacks,
             )
         progress.completed.append(phase.name)
-        write_atomic(run.file(Run.progress_file), json.dumps(asdict(progress)))
+        if resumable:
+            run.write(Run.progress_file, json.dumps(asdict(progress)))
 
 
 def competition_phases(model: keras.Model, config: TrainConfig, replicas: int = 1) -> list[Phase]:
@@ -271,12 +197,10 @@ def _fit_competition(
 def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy) -> TrainResult:
     """Score the best model on the validation split; metrics.json and the plot."""
     replicas = strategy.num_replicas_in_sync
-    best = keras.models.load_model(run.file(Run.model_file), safe_mode=True)  # no code runs from the file
-    probabilities = best.predict(make_loader(config, replicas).evaluation(data.val), verbose=0)[: len(data.val)]
-    n_classes = len(data.competition.classes)
-    scores = evaluate_probabilities(probabilities, data.val["label"].to_numpy(), n_classes)
+    found = labelled_scores(run.load_model(), make_loader(config, replicas), {"val": data.val})
     history = pd.read_csv(run.file(Run.log_file))
-    metrics = {f"val_{k}": v for k, v in scores.items()} | {
+    n_classes = len(data.competition.classes)
+    metrics = found | {
         "uniform_log_loss": math.log(n_classes),
         "best_epoch": int(history["val_loss"].idxmin()) + 1,
         "epochs": len(history),
@@ -292,6 +216,12 @@ def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy:
     return TrainResult(run, metrics)
 
 
+def _save_skipped(run: Run, data: Data) -> None:
+    if len(data.skipped):
+        run.write(Run.skipped_file, data.skipped.to_csv(index=False))
+        log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
+
+
 def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
     if config.method == "features":
@@ -299,8 +229,7 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
     data = prepare_data(config)
     keras.utils.set_random_seed(config.seed)
-    precision = resolve_precision(config.precision)
-    keras.mixed_precision.set_global_policy(precision)
+    precision = use_precision(config.precision)
     with strategy.scope():
         backbone = build_backbone(config.backbone, config.weights, config.image_size)
         model = build_classifier(
@@ -311,15 +240,13 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
             pretrained=config.pretrained,
         )
     run = Run.create(config, data.competition.classes, run_dir)
-    if len(data.skipped):
-        write_atomic(run.file(Run.skipped_file), data.skipped.to_csv(index=False))
-        log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
+    _save_skipped(run, data)
     log.info(
         f"training {config.backbone} at {config.image_size}px on {len(data.train)} images "
         f"({len(data.val)} held out, {len(data.competition.classes)} classes, {precision}, "
         f"{describe(strategy)}) -> {run.path}"
     )
-    with user_facing_failures(run, config.batch_size), strategy.scope():
+    with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
         _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync)
         return _finish(run, config, data, precision, strategy)
 
@@ -330,54 +257,43 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
     Extraction comes first and fills the cache, so a failure there leaves no run folder;
     the head then trains in seconds, and submit finds the test vectors already cached.
     """
-    from dogbreeds import features
-
     data = prepare_data(config)
-    cache = features.FeatureCache(config.cache_dir, config.batch_size)
+    cache = FeatureCache(config.cache_dir, config.batch_size)
     started = time.perf_counter()
     test = data.competition.test_frame()
     try:
         report = inspect_images(test["path"].tolist())
         readable = len(test) and (report["problem"] == "").all()
         tests = [test.assign(orientation=report["orientation"].to_numpy())] if readable else []  # for submit
-        inputs = features.head_inputs(cache, config, data.train, data.val, tests)
+        inputs = head_inputs(cache, config, data.train, data.val, tests)
     except KeyboardInterrupt:
         raise Interrupted("interrupted; run the same command again: the extraction resumes where it stopped") from None
-    x, y, x_val = inputs.x, inputs.y, inputs.x_val
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config, data.competition.classes, run_dir)
-    if len(data.skipped):
-        write_atomic(run.file(Run.skipped_file), data.skipped.to_csv(index=False))
-    n_classes = len(data.competition.classes)
+    _save_skipped(run, data)
+    n_classes, y_val = len(data.competition.classes), data.val["label"].to_numpy()
     log.info(
-        f"training a {config.head} head on {x.shape[1]} features x {len(x)} rows "
+        f"training a {config.head} head on {inputs.x.shape[1]} features x {len(inputs.x)} rows "
         f"({config.feature_views} views of {len(data.train)} images; {len(data.val)} held out) -> {run.path}"
     )
-    started = time.perf_counter()
-    head, history = features.HEADS[config.head](config, x, y, x_val, data.val["label"].to_numpy(), n_classes)
-    head_seconds = time.perf_counter() - started
-    features.save_head(run, head)
-    probabilities = head.predict(x_val, batch_size=1024, verbose=0)
-    scores = evaluate_probabilities(probabilities, data.val["label"].to_numpy(), n_classes)
-    metrics = {f"val_{k}": v for k, v in scores.items()} | {
+    title = f"{run.name}: {config.head} head on cached features"
+    head = fit_head(run, config, inputs.x, inputs.y, inputs.x_val, y_val, n_classes, title)
+    probabilities = head.model.predict(inputs.x_val, batch_size=1024, verbose=0)
+    metrics = {f"val_{k}": v for k, v in scores(probabilities, y_val).items()} | {
         "uniform_log_loss": math.log(n_classes),
         "method": "features",
         "head": config.head,
-        "features": int(x.shape[1]),
+        "features": int(inputs.x.shape[1]),
         "train_images": len(data.train),
         "val_images": len(data.val),
-        "feature_rows": len(x),
+        "feature_rows": len(inputs.x),
         "images_extracted": cache.extracted,
         "extraction_seconds": round(extraction_seconds, 2),
-        "head_seconds": round(head_seconds, 3),
+        "head_seconds": round(head.seconds, 3),
     }
-    if config.head == "dense":
-        metrics |= {"best_epoch": int(history["val_loss"].idxmin()) + 1, "epochs": len(history)}
-        write_atomic(run.file(Run.log_file), history.to_csv(index=False))
-        plot_history(history, run.file(Run.plot_file), title=f"{run.name}: dense head on cached features")
-    else:
-        write_atomic(run.file("head_search.csv"), history.to_csv(index=False))
+    if head.epochs is not None:
+        metrics |= {"best_epoch": head.best_epoch, "epochs": head.epochs}
     run.save_metrics(metrics)
     return TrainResult(run, metrics)
 
@@ -398,12 +314,11 @@ def resume(run_ref: str) -> TrainResult:
     data = prepare_data(config)
     if data.competition.classes != run.classes():
         raise DogbreedsError(f"the classes of {data.competition.root} differ from run {run.path}'s; resume on its data")
-    precision = resolve_precision(config.precision)
-    keras.mixed_precision.set_global_policy(precision)
+    precision = use_precision(config.precision)
     keras.utils.set_random_seed(config.seed + progress.epoch)  # fresh but repeatable draws from here
     with strategy.scope():  # the model's variables, and its optimizer's, live on every replica
         model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
-    with user_facing_failures(run, config.batch_size), strategy.scope():
+    with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
         _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync)
         return _finish(run, config, data, precision, strategy)

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from dogbreeds import calibration
-from dogbreeds.calibration import EPSILON, Calibration, apply_temperature, clip, log_loss, reliability
+from dogbreeds.calibration import EPSILON, Calibration, apply_temperature, clip, reliability
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.evaluation import confused_pairs, confusion_matrix, example_order, per_breed_table, top_k_accuracy
+from dogbreeds.evaluation import confused_pairs, example_order, per_breed_table
+from dogbreeds.metrics import confusion_matrix, log_loss, top_k_accuracy
 
 
 def softmax(z):
@@ -167,8 +168,5 @@ def test_confusion_matrix_per_breed_table_and_top_k():
     assert top_k_accuracy(probabilities, labels, 2) == pytest.approx(5 / 6)
     assert top_k_accuracy(probabilities, labels, 5) == 1.0
     order = example_order(labels, probabilities, n=4, right_at_least=1)
-    assert order[:3].tolist() == [
-        1,
-        2,
-        5,
-    ]  # mistakes, most confident first and labels[order[3]] == probabilities[order[3]].argmax()
+    assert order[:3].tolist() == [1, 2, 5]  # mistakes, most confident first
+    assert labels[order[3]] == probabilities[order[3]].argmax()  # then a right one

@@ -11,10 +11,9 @@ import pandas as pd
 import pytest
 
 from dogbreeds.config import TrainConfig
-from dogbreeds.distribute import describe, make_strategy
+from dogbreeds.distribute import describe, make_strategy, use_precision
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.models import build_backbone, build_classifier
-from dogbreeds.training import resolve_precision
 
 # Logical devices must be made before TensorFlow sets up its own: a process of its own.
 MIRRORED = """
@@ -80,8 +79,9 @@ def test_the_legacy_loader_has_no_cache():
 
 
 def test_auto_precision_is_float32_on_a_cpu():
-    assert resolve_precision("auto") == "float32"
-    assert resolve_precision("mixed_bfloat16") == "mixed_bfloat16"
+    assert use_precision("auto") == "float32"
+    assert use_precision("mixed_bfloat16") == "mixed_bfloat16"
+    use_precision("float32")
 
 
 @pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])

@@ -5,12 +5,12 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from dogbreeds.config import Augmentation
+from dogbreeds.images import inspect_images
 from dogbreeds.pipeline import (
     LegacyLoader,
     TFDataLoader,
     affine_transforms,
     decode,
-    inspect_images,
     random_affine,
     warp,
 )
@@ -83,10 +83,28 @@ def test_affine_with_only_flip_mirrors_or_keeps_each_image():
     assert all(kinds) and True in kinds and 2 in kinds  # both outcomes happen, nothing else
 
 
+def test_affine_with_every_range_zero_is_the_identity():
+    batch = tf.constant(np.stack([gradient(21, 21)]).astype(np.float32))
+    out = random_affine(batch, tf.constant([0, 0], tf.int64), Augmentation.none())
+    np.testing.assert_allclose(out.numpy(), batch.numpy(), atol=1e-3)
+
+
 def test_affine_zoom_above_one_shows_more_of_the_image():
-    batch = tf.ones((1, 21, 21, 3)) * 255.0
-    out = random_affine(batch, tf.constant([0, 0], tf.int64), Augmentation(flip=False, rotation=0, shift=0, zoom=0.0))
-    np.testing.assert_allclose(out.numpy(), batch.numpy(), atol=1e-3)  # the identity when all ranges are 0
+    """ImageDataGenerator's zoom: output pixel p samples the source at c + z (p - c), so z > 1
+    takes in more of the image (its edges repeat beyond it) and z < 1 magnifies the centre."""
+    n, side = 32, 21
+    columns = np.tile(np.arange(side, dtype=np.float32) * 10, (side, 1))  # each pixel: 10 x its column
+    batch = tf.constant(np.repeat(columns[None, :, :, None], n, axis=0).repeat(3, axis=3))
+    seed, augmentation = tf.constant([5, 6], tf.int64), Augmentation(flip=False, rotation=0, shift=0, zoom=0.5)
+    out = random_affine(batch, seed, augmentation).numpy()[:, side // 2, :, 0]  # the middle row of each
+    zooms = affine_transforms(n, float(side), float(side), seed, augmentation).numpy()[:, 0]
+    assert (zooms > 1.2).any() and (zooms < 0.8).any()
+    centre = (side - 1) / 2
+    expected = np.clip(centre + zooms[:, None] * (np.arange(side) - centre), 0, side - 1) * 10
+    np.testing.assert_allclose(out, expected, atol=1e-2)
+    wide = zooms > 1.05
+    assert (out[wide, 0] == 0).all() and (out[wide, -1] == 200).all()  # the whole width, edges reached inside
+    assert (out[~wide & (zooms < 0.95), 0] > 0).all()  # magnified: the first columns are not shown
 
 
 def frame_of(competition, n=12):

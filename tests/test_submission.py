@@ -3,8 +3,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dogbreeds.calibration import clip
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.submission import check_submission, clip, score, with_flip_tta
+from dogbreeds.inference import with_flip_tta
+from dogbreeds.scoring import score
+from dogbreeds.submission import check_submission
 
 
 def test_clip_keeps_rows_distributions_away_from_zero_and_one():
@@ -50,5 +53,12 @@ def test_score_is_kaggle_log_loss(tmp_path):
     good_frame().to_csv(tmp_path / "s.csv", index=False)
     pd.DataFrame({"id": ["b", "a"], "breed": ["pug", "akita"]}).to_csv(tmp_path / "truth.csv", index=False)
     result = score(tmp_path / "s.csv", tmp_path / "truth.csv")
-    assert result["log_loss"] == pytest.approx(-(np.log(0.8) + np.log(0.5)) / 2)
-    assert result["accuracy"] == pytest.approx(1.0)  # the tie at b goes to the first column
+    assert result.log_loss == pytest.approx(-(np.log(0.8) + np.log(0.5)) / 2)
+    assert result.accuracy == pytest.approx(1.0)  # the tie at b goes to the first column
+    assert result.text() == f"log loss {result.log_loss:.4f}, accuracy 100.00%"
+
+
+def test_score_clips_a_certain_mistake_as_kaggle_does(tmp_path):
+    pd.DataFrame({"id": ["a"], "akita": [0.0], "pug": [1.0]}).to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame({"id": ["a"], "breed": ["akita"]}).to_csv(tmp_path / "truth.csv", index=False)
+    assert score(tmp_path / "s.csv", tmp_path / "truth.csv").log_loss == pytest.approx(-np.log(1e-15), rel=1e-6)

@@ -1,0 +1,221 @@
+"""The feature cache: run each image through a frozen backbone once, keep the vectors.
+
+A fine-tuning run recomputes the frozen backbone on every epoch; this method computes it
+once, stores it in a cache, and trains only a head on the stored vectors, so a second
+run with other head settings takes seconds. Concatenating the vectors of several
+backbones (an ensemble) costs one extraction each.
+
+The cache holds one entry per (backbone, weights, image size, preprocessing, view, image
+files), named by a hash of those: any change gives a new entry, never a stale one.
+
+    cache/<key>/features.npy     float32 (images, features), memory-mapped
+    cache/<key>/meta.json        what the key stands for
+    cache/<key>.partial/         an extraction under way: features.npy + progress.json
+
+An entry is written under `.partial`, which is renamed into place when complete; an
+interrupted extraction resumes from the last batch its progress file records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from numpy.lib.format import open_memmap
+from tqdm.auto import tqdm
+
+from dogbreeds.config import Augmentation, TrainConfig
+from dogbreeds.models import build_backbone, get_backbone
+from dogbreeds.pipeline import DECODING_FORMAT, TFDataLoader
+from dogbreeds.runs import write_atomic
+
+FEATURE_FORMAT = 2  # 2: images decoded by the pipeline's uint8, DCT-scaled JPEG path
+
+
+def view_name(view: int) -> str:
+    return {0: "plain", 1: "mirror"}.get(view, f"augmented-{view - 1}")
+
+
+def _file_digest(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files_digest(paths: list[str]) -> str:
+    """The list of images, in order, with each file's size and modification time."""
+    digest = hashlib.sha256()
+    for path in paths:
+        stat = os.stat(path)
+        digest.update(f"{path}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What one cache entry's vectors depend on, besides the image files."""
+
+    backbone: str
+    weights: str  # "imagenet", "none", or a file path
+    image_size: int
+    view: int = 0
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 42
+
+    def identity(self) -> dict:
+        weights = self.weights
+        if weights.lower() == "none":
+            weights = f"none/seed-{self.seed}"  # random weights are only repeatable for one seed
+        elif weights != "imagenet":
+            weights = "sha256:" + _file_digest(weights)  # the content, wherever the file lies
+        identity = {
+            "format": FEATURE_FORMAT,
+            "decoding": DECODING_FORMAT,  # a change in how images are decoded changes the vectors
+            "keras": keras.__version__,
+            "backbone": self.backbone,
+            "weights": weights,
+            "image_size": self.image_size,
+            "preprocessing": f"{get_backbone(self.backbone).preprocess.__module__}.preprocess_input",
+            "precision": keras.mixed_precision.global_policy().name,  # bfloat16 vectors differ from float32 ones
+            "view": view_name(self.view),
+        }
+        if self.view >= 2:
+            identity |= {"augmentation": asdict(self.augmentation), "seed": self.seed}
+        return identity
+
+    def key(self, paths: list[str]) -> str:
+        text = json.dumps(self.identity() | {"files": _files_digest(paths), "count": len(paths)}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class FeatureCache:
+    """Pooled backbone features on disk, computed at most once for each key."""
+
+    def __init__(self, root: str | Path, batch_size: int = 32):
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.extracted = 0  # images run through a backbone by this cache: what reuse saves
+        self._extractors: dict[tuple, tuple[keras.Model, object]] = {}
+
+    def features(self, spec: FeatureSpec, images: pd.DataFrame) -> np.ndarray:
+        """(images, features) for a frame with a `path` column, read-only and memory-mapped."""
+        paths = images["path"].tolist()
+        entry = self.root / spec.key(paths)
+        if not (entry / "features.npy").is_file():
+            self._extract(spec, images, entry)
+        return np.load(entry / "features.npy", mmap_mode="r")
+
+    def _extractor(self, spec: FeatureSpec) -> tuple[keras.Model, object]:
+        """The pooled backbone and its compiled forward pass, built once per cache."""
+        key = (spec.backbone, spec.weights, spec.image_size)
+        if key not in self._extractors:
+            keras.utils.set_random_seed(spec.seed)  # `--weights none` draws the same network each time
+            backbone = build_backbone(spec.backbone, spec.weights, spec.image_size)
+            pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(backbone.output)
+            model = keras.Model(backbone.input, pooled, name=f"{spec.backbone}_features")
+            signature = [tf.TensorSpec((None, spec.image_size, spec.image_size, 3), tf.float32)]
+            forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
+            self._extractors[key] = (model, forward)
+        return self._extractors[key]
+
+    def _extract(self, spec: FeatureSpec, images: pd.DataFrame, entry: Path) -> None:
+        """Stream the vectors into a memory-mapped file; progress is saved after every batch."""
+        model, forward = self._extractor(spec)
+        partial = entry.with_name(entry.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        store, progress = partial / "features.npy", partial / "progress.json"
+        shape = (len(images), model.output_shape[-1])
+        done = json.loads(progress.read_text())["done"] if progress.is_file() and store.is_file() else 0
+        array = open_memmap(store, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
+        loader = TFDataLoader(
+            image_size=spec.image_size,
+            batch_size=self.batch_size,
+            preprocess=get_backbone(spec.backbone).preprocess,
+            augmentation=spec.augmentation,
+            seed=spec.seed,
+        )
+        batches = loader.prediction(images.iloc[done:], view=spec.view, first_batch=done // self.batch_size)
+        description = f"{spec.backbone} {spec.image_size}px {view_name(spec.view)}"
+        with tqdm(total=len(images), initial=done, unit="img", desc=description, dynamic_ncols=True) as bar:
+            for batch in batches:
+                vectors = forward(batch).numpy()
+                array[done : done + len(vectors)] = vectors
+                done += len(vectors)
+                self.extracted += len(vectors)
+                bar.update(len(vectors))
+                array.flush()
+                write_atomic(progress, json.dumps({"done": done}))
+        del array
+        identity = spec.identity() | {"images": shape[0], "features": shape[1], "first": images["path"].iloc[0]}
+        write_atomic(partial / "meta.json", json.dumps(identity, indent=1))
+        progress.unlink()
+        try:
+            os.replace(partial, entry)  # the entry appears whole, or not at all
+        except OSError:  # another process completed the same entry first
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def backbone_specs(config: TrainConfig) -> list[FeatureSpec]:
+    """One spec per backbone of the ensemble, each at --image-size or its native size."""
+    return [
+        FeatureSpec(
+            backbone=name,
+            weights=config.weights_for(i),
+            image_size=config.image_size or get_backbone(name).native_size,
+            augmentation=config.augmentation,
+            seed=config.seed,
+        )
+        for i, name in enumerate(config.backbones)
+    ]
+
+
+def ensemble_features(cache: FeatureCache, config: TrainConfig, images: pd.DataFrame, views: list[int]) -> np.ndarray:
+    """Backbone vectors side by side, averaged over `views` (plain and mirror: flip TTA)."""
+    parts = []
+    for spec in backbone_specs(config):
+        stack = [cache.features(replace(spec, view=v), images) for v in views]
+        parts.append(np.mean(stack, axis=0, dtype=np.float32))
+    return np.concatenate(parts, axis=1)
+
+
+def training_features(cache: FeatureCache, config: TrainConfig, images: pd.DataFrame) -> np.ndarray:
+    """Every view of every training image as its own row: (views x images, features)."""
+    return np.concatenate([ensemble_features(cache, config, images, [v]) for v in range(config.feature_views)])
+
+
+def evaluation_views(config: TrainConfig, tta: bool | None = None) -> list[int]:
+    return [0, 1] if (config.tta if tta is None else tta) else [0]
+
+
+@dataclass
+class HeadInputs:
+    """What a head trains and is scored on: a row per view of each training image, with its
+    label (the rows come view by view, so the labels repeat in the same order), and the
+    vectors of the validation images and of any other sets, their evaluation views averaged."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    others: list[np.ndarray]
+
+
+def head_inputs(
+    cache: FeatureCache, config: TrainConfig, train: pd.DataFrame, val: pd.DataFrame, others=()
+) -> HeadInputs:
+    views = evaluation_views(config)
+    return HeadInputs(
+        x=training_features(cache, config, train),
+        y=np.tile(train["label"].to_numpy(), config.feature_views),
+        x_val=ensemble_features(cache, config, val, views),
+        others=[ensemble_features(cache, config, images, views) for images in others],
+    )

@@ -1,0 +1,66 @@
+"""Reading image files' headers: what each photo's EXIF orientation is, and which files are broken.
+
+Pillow only, so commands that check images before any model (submit, predict, train) find a
+bad file at once, with its name, and nothing here starts TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+EXIF_ORIENTATION = 0x0112
+
+
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # larger "photos" are decompression bombs: refuse
+HEADERS = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")  # JPEG, PNG, GIF, BMP, WebP
+
+
+def _inspect(path: str) -> tuple[int, str]:
+    """(EXIF orientation 1-8, problem or "") from the header; full decode only if the end looks cut."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 2))
+            tail = f.read(2)
+        if not head:
+            return 1, "empty file (0 bytes)"
+        if not head.startswith(HEADERS) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
+            return 1, "not an image (no JPEG, PNG, GIF, BMP or WebP header)"
+        with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                return 1, f"{width}x{height} px is over the {MAX_PIXELS // 1_000_000} MP limit (decompression bomb?)"
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if head.startswith(b"\xff\xd8") and tail != b"\xff\xd9":
+                image.load()  # no end-of-image marker: decode fully to see whether it is cut short
+    except FileNotFoundError:
+        return 1, "missing"
+    except UnidentifiedImageError:
+        return 1, "unreadable (the image data is corrupt)"
+    except Image.DecompressionBombError:
+        return 1, f"over the {MAX_PIXELS // 1_000_000} MP limit (decompression bomb?)"
+    except (OSError, ValueError, SyntaxError) as error:
+        return 1, f"unreadable ({error})"
+    return (orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1), ""
+
+
+def inspect_images(paths: list[str]) -> pd.DataFrame:
+    """One header pass over the files (threads): EXIF orientation and any problem, per path.
+
+    Problems found here (empty, not an image, truncated, a decompression bomb) would otherwise
+    stop TensorFlow in the middle of an epoch, or of a submission.
+    """
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(_inspect, paths, chunksize=64))
+    return pd.DataFrame(
+        {
+            "path": list(paths),
+            "orientation": np.array([r[0] for r in results], dtype=np.int32),
+            "problem": [r[1] for r in results],
+        }
+    )

@@ -1,0 +1,97 @@
+"""`dogbreeds runs`: every run folder, newest first, with its settings and validation scores.
+
+It reads the JSON files as they are (no config class, no TensorFlow), so it answers at once
+and lists runs of every kind and version alike.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from dogbreeds.runs import RUNS_DIR, Run
+
+COLUMNS = ["run", "backbone", "method", "size", "date", "val log loss", "val accuracy", "calibrated log loss"]
+RIGHT_ALIGNED = {"size", "val log loss", "val accuracy", "calibrated log loss"}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _figure(value, form: str) -> str:
+    return format(value, form) if isinstance(value, (int, float)) else "-"
+
+
+@dataclass
+class RunRow:
+    name: str
+    model: str
+    method: str
+    image_size: str
+    date: datetime
+    finished: bool
+    val_log_loss: float | None
+    val_accuracy: float | None
+    calibrated_log_loss: float | None
+
+    @classmethod
+    def read(cls, path: Path) -> "RunRow":
+        config = _read_json(path / Run.config_file)
+        metrics = _read_json(path / Run.metrics_file)
+        model = path / Run.model_file
+        return cls(
+            name=path.name,
+            model=str(config.get("model", config.get("backbone", "?"))),  # a CIFAR run names its model
+            method=str(config.get("method", config.get("mode", "finetune"))),
+            image_size=str(config.get("image_size", "?")),
+            date=datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
+            finished=model.is_file(),
+            val_log_loss=metrics.get("val_log_loss"),
+            val_accuracy=metrics.get("val_accuracy"),
+            calibrated_log_loss=_read_json(path / Run.evaluation_file).get("log_loss_calibrated"),
+        )
+
+    def cells(self) -> list[str]:
+        return [
+            self.name,
+            self.model,
+            self.method,
+            self.image_size,
+            self.date.strftime("%Y-%m-%d %H:%M") if self.finished else "unfinished",
+            _figure(self.val_log_loss, ".4f"),
+            _figure(self.val_accuracy, ".2%"),
+            _figure(self.calibrated_log_loss, ".4f"),
+        ]
+
+
+@dataclass
+class RunList:
+    folder: Path
+    rows: list[RunRow]
+
+    def text(self) -> str:
+        """The table `dogbreeds runs` prints, or how to make a first run."""
+        if not self.rows:
+            return f"no runs in {self.folder}/: train one with `dogbreeds train`"
+        table = [COLUMNS, *(row.cells() for row in self.rows)]
+        widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
+        return "\n".join(
+            "  ".join(
+                v.rjust(w) if column in RIGHT_ALIGNED else v.ljust(w) for column, v, w in zip(COLUMNS, r, widths)
+            ).rstrip()
+            for r in table
+        )
+
+
+def list_runs(folder: Path = RUNS_DIR) -> RunList:
+    """Every run under `folder` (a folder with a config.json), newest first."""
+    paths = [p for p in Path(folder).glob("*") if p.is_dir() and (p / Run.config_file).is_file()]
+    rows = sorted((RunRow.read(p) for p in paths), key=lambda row: row.date, reverse=True)
+    return RunList(Path(folder), rows)

@@ -1,0 +1,91 @@
+"""The package's shape: which module may import which, light commands without TensorFlow, and
+the README's option table read from the option declarations."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import dogbreeds
+from dogbreeds.config import TrainConfig, option_table
+
+PACKAGE = Path(dogbreeds.__file__).parent
+README = PACKAGE.parent / "README.md"
+
+# Lowest first: a module imports only from layers below its own (docs/design.md draws them).
+LAYERS = [
+    {"errors", "metrics", "images", "synthetic"},
+    {"config", "calibration"},
+    {"competition", "runs", "models", "distribute", "pipeline"},
+    {"report", "cache"},
+    {"heads", "inference"},
+    {"training", "submission", "scoring"},  # the jobs: a run, a submission, a score
+    {"evaluation", "prediction", "listing", "bench", "cifar", "demo"},  # commands, siblings
+    {"cli"},
+    {"__main__"},
+]
+PREDICTION_SIDE = {"submission", "evaluation", "prediction", "inference", "metrics", "calibration", "report", "scoring"}
+
+
+def imports_of(module: str) -> set[str]:
+    """The package's modules that `module` imports, at the top or inside functions."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "dogbreeds":
+            found |= {alias.name for alias in node.names if alias.name != "__version__"}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dogbreeds."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dogbreeds.")}
+    return found
+
+
+def layer_of(module: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if module in layer)
+
+
+def test_every_module_has_a_layer_and_imports_only_from_below():
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert modules == set().union(*LAYERS)
+    wrong = [(m, i) for m in sorted(modules) for i in sorted(imports_of(m)) if layer_of(i) >= layer_of(m)]
+    assert not wrong, f"imports from the same layer or above: {wrong}"
+
+
+def test_no_prediction_side_module_reaches_the_training_module():
+    for module in PREDICTION_SIDE:
+        seen, todo = set(), [module]
+        while todo:
+            for imported in imports_of(todo.pop()) - seen:
+                seen.add(imported)
+                todo.append(imported)
+        assert "training" not in seen, module
+
+
+LIGHT = """
+import sys
+from typer.testing import CliRunner
+from dogbreeds.cli import app
+result = CliRunner().invoke(app, sys.argv[1:])
+assert result.exit_code == 0, result.output
+print("tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+
+
+def test_score_and_runs_answer_without_importing_tensorflow(tmp_path):
+    (tmp_path / "s.csv").write_text("id,a,b\nx,0.9,0.1\ny,0.2,0.8\n")
+    (tmp_path / "key.csv").write_text("id,breed\nx,a\ny,b\n")
+    for args in (["score", tmp_path / "s.csv", "--solution", tmp_path / "key.csv"], ["runs", "--dir", tmp_path]):
+        result = subprocess.run([sys.executable, "-c", LIGHT, *map(str, args)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["False", "False"], args
+
+
+def test_the_readme_option_table_is_the_declared_one():
+    text = README.read_text()
+    start, end = "<!-- options:train -->\n", "<!-- /options:train -->"
+    table = text[text.index(start) + len(start) : text.index(end)].strip()
+    assert table == option_table(TrainConfig), "regenerate it with python benchmarks/readme_options.py"
+    assert "../shared" not in text  # users have no such folder
