@@ -1,6 +1,6 @@
 import pytest
 
-from dogbreeds.config import Augmentation, TrainConfig
+from dogbreeds.config import Augmentation, TrainConfig, flag_of, from_options, option_fields
 from dogbreeds.errors import DogbreedsError
 
 
@@ -29,3 +29,37 @@ def test_a_newer_config_is_refused_with_a_reason():
 def test_invalid_values_are_refused(field, value):
     with pytest.raises(DogbreedsError):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch-size must be at least 1, got 0"),
+        ({"epochs": -1}, "--epochs must be 0 or more, got -1"),
+        ({"learning_rate": 0.0}, "--learning-rate must be positive, got 0.0"),
+        ({"dropout": 1.0}, r"--dropout must be in \[0, 1\), got 1.0"),
+        ({"val_split": 0.5}, "--val-split must be between 0 and 0.5, got 0.5"),
+        ({"head": "svm"}, "--head must be one of dense, logreg, got 'svm'"),
+        ({"augmentation": Augmentation(zoom=1.5)}, r"--zoom must be in \[0, 1\), got 1.5"),
+    ],
+)
+def test_each_declared_bound_says_which_option_and_what_it_got(changes, message):
+    with pytest.raises(DogbreedsError, match=message):
+        TrainConfig(**changes)
+
+
+def test_command_line_values_become_the_config_nested_fields_included():
+    config = from_options(TrainConfig, {"backbone": "xception", "zoom": 0.3, "flip": False, "seed": 7})
+    assert (config.backbone, config.seed) == ("xception", 7)
+    assert config.augmentation == Augmentation(flip=False, rotation=15.0, shift=0.1, zoom=0.3)
+
+
+def test_every_declared_option_is_on_the_command_line():
+    from typer.main import get_command
+
+    from dogbreeds.cli import app
+
+    train = get_command(app).commands["train"]
+    names = {name for parameter in train.params for name in [*parameter.opts, *parameter.secondary_opts]}
+    declared = {flag_of(f) for f, _, _ in option_fields(TrainConfig)}
+    assert declared <= names and {"--run-dir", "--resume", "--no-flip", "--no-tta"} <= names

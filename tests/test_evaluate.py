@@ -13,7 +13,7 @@ from dogbreeds.calibration import Calibration, apply_temperature, clip
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
 
-from conftest import dogbreeds, train_tiny
+from conftest import console_script, dogbreeds, train_tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -178,7 +178,7 @@ def test_predict_bad_path_is_one_clear_line(make, message, tmp_path):
 def test_predict_bad_path_through_the_console_script(evaluated, tmp_path):
     _, run, _ = evaluated
     (tmp_path / "ok.png").write_bytes(b"")
-    result = dogbreeds("predict", tmp_path / "ok.png", "--run", run)
+    result = console_script("predict", tmp_path / "ok.png", "--run", run)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "ok.png is not a readable image" in lines[0], (

@@ -21,7 +21,7 @@ from dogbreeds.models import build_backbone
 from dogbreeds.runs import Run
 from dogbreeds.synthetic import make_competition
 
-from conftest import TINY, dogbreeds
+from conftest import TINY, console_script, dogbreeds
 
 
 def one_error_line(result, *fragments):
@@ -207,13 +207,6 @@ def test_out_of_memory_says_which_batch_size_to_try():
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
 
 
-def test_existing_submission_is_never_overwritten_without_force(tiny_run, competition, tmp_path):
-    out = tmp_path / "mine.csv"
-    out.write_text("keep me")
-    one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", competition, "--out", out), "--force")
-    assert out.read_text() == "keep me"
-
-
 # -- interruption: kill a real training process, then resume it ---------------------------
 
 
@@ -288,7 +281,7 @@ def test_resume_needs_a_completed_epoch(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = dogbreeds("--debug", "train", "--data", tmp_path / "nowhere")
+    result = console_script("--debug", "train", "--data", tmp_path / "nowhere")
     assert result.returncode != 0 and "Traceback" in result.stderr
 
 
