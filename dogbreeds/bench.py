@@ -39,7 +39,7 @@ from dogbreeds.errors import DogbreedsError
 from dogbreeds.images import inspect_images
 from dogbreeds.inference import make_loader, predict, with_flip_tta
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
-from dogbreeds.pipeline import LegacyLoader, prefetched
+from dogbreeds.pipeline import prefetched
 from dogbreeds.runs import write_atomic
 from dogbreeds.synthetic import make_competition
 
@@ -214,13 +214,7 @@ def bench(
 
 def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> None:
     n, size = len(train), config.image_size
-    legacy = LegacyLoader(
-        image_size=size,
-        batch_size=config.batch_size,
-        preprocess=get_backbone(config.backbone).preprocess,
-        augmentation=config.augmentation,
-        seed=config.seed,
-    ).training(train)
+    legacy = make_loader(replace(config, loader="legacy")).training(train)
     seconds = _timed(lambda: [legacy[i] for i in range(len(legacy))])  # what fit does with it: one thread
     result.stages.append(Stage("legacy_loader", "legacy loader (ImageDataGenerator), augmented", n, seconds))
 

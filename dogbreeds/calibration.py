@@ -179,7 +179,7 @@ def _cross_validated(probabilities: np.ndarray, labels: np.ndarray, seed: int) -
     return total / len(labels)
 
 
-def describe(calibration: Calibration | None, *, available: bool, tta: bool, where: Path) -> str:
+def usage_note(calibration: Calibration | None, *, available: bool, tta: bool, where: Path) -> str:
     """One line saying which probabilities the user gets, and how to change that."""
     if calibration is None:
         if available:

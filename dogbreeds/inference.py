@@ -17,7 +17,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from dogbreeds.cache import FeatureCache, ensemble_features, evaluation_views
-from dogbreeds.calibration import EPSILON, Calibration, clip, describe
+from dogbreeds.calibration import EPSILON, Calibration, clip, usage_note
 from dogbreeds.competition import Competition
 from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import user_facing_failures
@@ -140,7 +140,7 @@ class Predictor:
         """The run's calibration applied (unless `calibrate` is off), else a clip at EPSILON."""
         used = self.calibration if calibrate else None
         probabilities = used.apply(raw) if used else clip(raw, EPSILON)
-        note = describe(used, available=self.calibration is not None, tta=tta, where=self.run.path)
+        note = usage_note(used, available=self.calibration is not None, tta=tta, where=self.run.path)
         return Calibrated(probabilities, used, note)
 
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dogbreeds.config import TrainConfig
+from dogbreeds.config import CifarConfig, TrainConfig
 from dogbreeds.distribute import user_facing_failures
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.images import inspect_images
@@ -181,6 +181,13 @@ def test_run_without_model_or_from_another_version(tiny_run, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(DogbreedsError, match="another run format"):
         Run(broken).config()
+
+
+def test_a_cifar_run_is_not_taken_for_a_competition_run(tiny_run, tmp_path):
+    cifar_run = tmp_path / "cifar-run"
+    shutil.copytree(tiny_run, cifar_run)
+    (cifar_run / "config.json").write_text(CifarConfig(model="mlp").to_json())
+    one_error_line(dogbreeds("submit", "--run", cifar_run), "`dogbreeds cifar` run, not a competition run")
 
 
 def test_a_model_file_with_code_is_not_run(tiny_run, competition, tmp_path):
