@@ -219,3 +219,33 @@ def head_inputs(
         x_val=ensemble_features(cache, config, val, views),
         others=[ensemble_features(cache, config, images, views) for images in others],
     )
+
+
+@dataclass
+class LabelledVectors:
+    """Every labelled image's vectors once, for all folds of a k-fold run: each training view
+    (plain, mirror, augmented...) and the evaluation views averaged, rows in the frame's order."""
+
+    images: pd.DataFrame  # path, label, id: the rows below
+    views: list[np.ndarray]
+    evaluation: np.ndarray
+
+    def head_inputs(self, train_ids, val_ids) -> HeadInputs:
+        """One fold's rows, as `head_inputs` would extract them for its two frames."""
+        row = pd.Series(np.arange(len(self.images)), index=self.images["id"])
+        train_rows, val_rows = row[list(train_ids)].to_numpy(), row[list(val_ids)].to_numpy()
+        labels = self.images["label"].to_numpy()
+        return HeadInputs(
+            x=np.concatenate([view[train_rows] for view in self.views]),
+            y=np.tile(labels[train_rows], len(self.views)),
+            x_val=self.evaluation[val_rows],
+            others=[],
+        )
+
+
+def labelled_vectors(cache: FeatureCache, config: TrainConfig, images: pd.DataFrame, others=()) -> LabelledVectors:
+    """One extraction of `images` (and of `others`, for later) that serves every fold."""
+    views = [ensemble_features(cache, config, images, [v]) for v in range(config.feature_views)]
+    for frame in others:
+        ensemble_features(cache, config, frame, evaluation_views(config))
+    return LabelledVectors(images, views, ensemble_features(cache, config, images, evaluation_views(config)))

@@ -147,34 +147,68 @@ class Calibration:
 
 
 def fit(probabilities: np.ndarray, labels: np.ndarray, *, tta: bool = True, seed: int = 0) -> Calibration:
-    """Temperature, then floor, on these predictions; never worse than T = 1 and the default floor.
+    """Temperature, then floor, each kept only where it generalises; never worse than T = 1 and the default floor.
 
-    The "after" figure is measured on the images the calibration was fitted on, so it is a
-    little optimistic; the cross-validated figure (fit on one half, score the other, both
-    ways) says whether the gain holds on images it has not seen.
+    Fitted on few images, a temperature can lower their log loss by chance alone. So each
+    correction is also fitted on one half of the images and scored on the other, both ways,
+    and kept only when that cross-validated figure beats going without it. The "after"
+    figure is measured on all the images it was fitted on (a little optimistic); the
+    cross-validated one is that of the corrections kept.
     """
     labels = np.asarray(labels)
-    temperature = fit_temperature(probabilities, labels)
-    floor = choose_floor(apply_temperature(probabilities, temperature), labels)
-    calibration = Calibration(temperature=temperature, floor=floor, tta=tta, images=len(labels))
+    halves = _halves(len(labels), seed)
     before = log_loss(clip(probabilities), labels)
+    temperature = fit_temperature(probabilities, labels)
+    if halves and _cross_validated(probabilities, labels, halves, refit_temperature=True) >= before:
+        temperature = 1.0
+    tempered = apply_temperature(probabilities, temperature)
+    floor = choose_floor(tempered, labels)
+    without_floor = log_loss(clip(tempered), labels)
+    if halves and _cross_validated(probabilities, labels, halves, temperature=temperature) >= without_floor:
+        floor = EPSILON
+    calibration = Calibration(temperature=temperature, floor=floor, tta=tta, images=len(labels))
     after = log_loss(calibration.apply(probabilities), labels)
     if after > before:  # cannot happen by construction; kept as the promise in code
         calibration.temperature, calibration.floor, after = 1.0, EPSILON, before
     calibration.log_loss_before, calibration.log_loss_after = before, after
-    calibration.log_loss_after_cross_validated = _cross_validated(probabilities, labels, seed)
+    calibration.log_loss_after_cross_validated = (
+        _cross_validated(
+            probabilities,
+            labels,
+            halves,
+            refit_temperature=calibration.temperature != 1.0,
+            refit_floor=calibration.floor != EPSILON,
+        )
+        if halves
+        else float("nan")
+    )
     return calibration
 
 
-def _cross_validated(probabilities: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    if len(labels) < 4:
-        return float("nan")
-    order = np.random.default_rng(seed).permutation(len(labels))
-    halves = order[: len(order) // 2], order[len(order) // 2 :]
+def _halves(n: int, seed: int):
+    """Two halves of the images, drawn from the seed; None when there are too few to split."""
+    if n < 4:
+        return None
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: n // 2], order[n // 2 :]
+
+
+def _cross_validated(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    halves,
+    *,
+    refit_temperature: bool = False,
+    refit_floor: bool = True,
+    temperature: float = 1.0,
+) -> float:
+    """Log loss of each half under corrections fitted on the other half (`temperature` unless
+    `refit_temperature`; the default floor unless `refit_floor`), over all images."""
     total = 0.0
     for fit_on, score_on in (halves, halves[::-1]):
-        t = fit_temperature(probabilities[fit_on], labels[fit_on])
-        f = choose_floor(apply_temperature(probabilities[fit_on], t), labels[fit_on])
+        t = fit_temperature(probabilities[fit_on], labels[fit_on]) if refit_temperature else temperature
+        tempered = apply_temperature(probabilities[fit_on], t)
+        f = choose_floor(tempered, labels[fit_on]) if refit_floor else EPSILON
         total += log_loss(clip(apply_temperature(probabilities[score_on], t), f), labels[score_on]) * len(score_on)
     return total / len(labels)
 

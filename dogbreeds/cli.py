@@ -211,6 +211,20 @@ def predict(
 
 
 @app.command()
+def blend(
+    runs: list[str] = typer.Argument(..., help="Two or more run folders (or names under runs/)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Competition folder. Default: the first run's."),
+    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write. Default: submissions/blend-<time>.csv."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
+    batch_size: Optional[int] = BatchSizeOption,
+):
+    """Average runs with weights fitted on their held-out images, calibrate, and write the submission."""
+    from dogbreeds.blending import blend as blend_runs
+
+    typer.echo(blend_runs(runs, data, out, force=force, batch_size=batch_size).text())
+
+
+@app.command()
 def runs(
     folder: Path = typer.Option(Path("runs"), "--dir", help="Folder holding the runs."),
 ):

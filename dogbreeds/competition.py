@@ -10,12 +10,15 @@ DIR/sample_submission.csv    id,<breed 1>,...,<breed 120>
 
 from __future__ import annotations
 
+import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedKFold
 
 from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError, log
@@ -185,6 +188,37 @@ class Data:
     val: pd.DataFrame
     skipped: pd.DataFrame  # id, path, problem of the images left out
 
+    def labelled(self) -> pd.DataFrame:
+        """The training and validation images together, in labels.csv's order."""
+        both = pd.concat([self.train, self.val]).set_index("id")
+        return both.loc[[i for i in self.competition.labels["id"] if i in both.index]].reset_index()
+
+
+def fold_split(
+    labels: pd.DataFrame, *, folds: int, fold: int, seed: int, limit: int | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fold `fold` (1..folds) of a stratified K-fold split: its training images and the ones it holds out.
+
+    The same seed gives the same folds, and every image is held out by exactly one fold.
+    """
+    if limit is not None and limit < len(labels):
+        labels = labels.iloc[np.sort(stratified_order(labels["label"].to_numpy(), seed)[:limit])]
+    counts = labels["label"].value_counts()
+    if counts.max() < folds:
+        raise DogbreedsError(
+            f"--folds {folds} needs a breed with at least {folds} images; the largest has {counts.max()}"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # breeds with fewer images than folds are simply not in every fold
+        warnings.simplefilter("ignore", UserWarning)
+        train, val = list(splitter.split(np.zeros(len(labels)), labels["label"].to_numpy()))[fold - 1]
+    return labels.iloc[train].reset_index(drop=True), labels.iloc[val].reset_index(drop=True)
+
+
+def labels_digest(competition: "Competition") -> str:
+    """What a fold folder records of the labels it was split from."""
+    return hashlib.sha256((competition.root / "labels.csv").read_bytes()).hexdigest()[:16]
+
 
 def prepare_data(config: TrainConfig) -> Data:
     """The run's split (the same images for the same config), unreadable images left out.
@@ -195,7 +229,14 @@ def prepare_data(config: TrainConfig) -> Data:
     competition = Competition.load(config.data)
     if not (competition.root / "train").is_dir():
         raise DogbreedsError(f"{competition.root / 'train'} not found: unzip train.zip there")
-    train_frame, val_frame = split(competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit)
+    if config.folds > 1:
+        train_frame, val_frame = fold_split(
+            competition.labels, folds=config.folds, fold=config.fold or 1, seed=config.seed, limit=config.limit
+        )
+    else:
+        train_frame, val_frame = split(
+            competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit
+        )
     used = pd.concat([train_frame, val_frame], ignore_index=True)
     report = inspect_images(used["path"].tolist())  # only the images this run uses (--limit)
     orientation = dict(zip(report["path"], report["orientation"]))

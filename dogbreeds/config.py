@@ -203,6 +203,17 @@ class TrainConfig:
     hidden_units: int = option(0, "Width of an extra hidden Dense layer in the head (0: none).", at_least=0)
     val_split: float = option(0.2, "Share of labelled images held out, stratified by breed.", within=(0, 0.5, "()"))
     seed: int = option(42, "Seed of the split, the shuffling and the augmentation.")
+    folds: int = option(
+        1,
+        "Train one model per stratified fold and predict every labelled image out of fold (1: one --val-split).",
+        at_least=1,
+    )
+    fold: int | None = option(
+        None,
+        "With --folds K: train only fold I (1..K), e.g. one fold per Kaggle kernel, into the same --run-dir.",
+        at_least=1,
+        shown_default="all",
+    )
     limit: int | None = option(
         None, "Use a stratified subset of N labelled images (quick trial).", at_least=2, shown_default="all"
     )
@@ -274,6 +285,10 @@ class TrainConfig:
                 (
                     self.method == "features" or self.epochs + self.fine_tune_epochs >= 1,
                     "--epochs plus --fine-tune-epochs must be at least 1",
+                ),
+                (
+                    self.fold is None or self.fold <= self.folds,
+                    f"--fold must be between 1 and --folds {self.folds}, got {self.fold}",
                 ),
                 (
                     self.cache_images == "none" or self.loader == "tfdata",

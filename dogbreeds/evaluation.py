@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import pandas as pd
 from dogbreeds import calibration as calibrating
 from dogbreeds.calibration import EPSILON, Calibration, clip, reliability
 from dogbreeds.competition import prepare_data
+from dogbreeds.errors import DogbreedsError
 from dogbreeds.inference import Predictor, check_classes
 from dogbreeds.metrics import confusion_matrix, top_k_accuracy
 from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
@@ -220,11 +221,23 @@ def evaluate(
     opened, config = predictor.run, predictor.config
     if data is not None:
         config.data = str(data)
-    prepared = prepare_data(config)  # the very split training held out, unreadable images left out
-    competition, val = prepared.competition, prepared.val
+    if opened.folds > 1:  # every labelled image, each predicted by the fold that held it out
+        if not tta:
+            raise DogbreedsError(
+                f"run {opened.path} is evaluated on its out-of-fold predictions (oof.csv), made with TTA; "
+                "drop --no-tta"
+            )
+        prepared = prepare_data(replace(config, fold=1))
+        val = prepared.labelled()
+        raw = opened.predictions(Run.oof_file).set_index("id").loc[val["id"]].to_numpy(dtype=np.float64)
+    else:
+        prepared = prepare_data(config)  # the very split training held out, unreadable images left out
+        val = prepared.val
+    competition = prepared.competition
     check_classes(opened, competition)
     classes = competition.classes
-    raw = predictor.predict(val, tta=tta, desc="validation images")
+    if opened.folds == 1:
+        raw = predictor.predict(val, tta=tta, desc="validation images")
     labels = val["label"].to_numpy()
     calibration = calibrating.fit(raw, labels, tta=tta, seed=config.seed)
     before, after = clip(raw, EPSILON), calibration.apply(raw)

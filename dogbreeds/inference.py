@@ -7,7 +7,7 @@ is a saved run ready to predict, whichever method trained it, with its calibrati
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import keras
@@ -95,11 +95,12 @@ class Calibrated:
 
 @dataclass
 class Predictor:
-    """A trained run, ready to predict any images."""
+    """A trained run, ready to predict any images; a k-fold run averages its folds' models."""
 
     run: Run
     config: TrainConfig
     calibration: Calibration | None  # what `dogbreeds evaluate` fitted, if it ran
+    folds: list["Predictor"] = field(default_factory=list)
 
     @classmethod
     def open(
@@ -111,7 +112,12 @@ class Predictor:
         config = opened.config()
         if batch_size:
             config.batch_size = batch_size
-        return cls(opened, config, opened.calibration() if calibration else None)
+        folds = [
+            cls.open(opened.fold(i).path, batch_size=batch_size, calibration=False)
+            for i in range(1, opened.folds + 1)
+            if opened.folds > 1
+        ]
+        return cls(opened, config, opened.calibration() if calibration else None, folds)
 
     @property
     def classes(self) -> list[str]:
@@ -125,6 +131,12 @@ class Predictor:
 
     def predict(self, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict", strategy=None) -> np.ndarray:
         """Raw probabilities (no calibration, no clipping) for a frame of images, in its order."""
+        if self.folds:
+            each = [
+                fold.predict(images, tta=tta, desc=f"{desc}, fold {i}", strategy=strategy)
+                for i, fold in enumerate(self.folds, 1)
+            ]
+            return np.mean(each, axis=0)
         with user_facing_failures(self.config.batch_size):
             if self.config.method == "features":
                 cache = FeatureCache(self.config.cache_dir, self.config.batch_size)

@@ -1,4 +1,5 @@
-"""`dogbreeds runs`: every run folder, newest first, with its settings and validation scores.
+"""`dogbreeds runs`: every run folder, newest first, with its settings and validation scores
+(a k-fold run's are out of fold: every labelled image, predicted by the fold that held it out).
 
 It reads the JSON files as they are (no config class, no TensorFlow), so it answers at once
 and lists runs of every kind and version alike.
@@ -45,11 +46,13 @@ class RunRow:
     def read(cls, path: Path) -> "RunRow":
         config = _read_json(path / Run.config_file)
         metrics = _read_json(path / Run.metrics_file)
-        model = path / Run.model_file
+        model = path / Run(path).trained_file  # a k-fold run is finished when its oof.csv is there
+        method = str(config.get("method", config.get("mode", "finetune")))
+        folds = config.get("folds", 1)
         return cls(
             name=path.name,
             model=str(config.get("model", config.get("backbone", "?"))),  # a CIFAR run names its model
-            method=str(config.get("method", config.get("mode", "finetune"))),
+            method=f"{method}, {folds} folds" if isinstance(folds, int) and folds > 1 else method,
             image_size=str(config.get("image_size", "?")),
             date=datetime.fromtimestamp((model if model.is_file() else path / Run.config_file).stat().st_mtime),
             finished=model.is_file(),

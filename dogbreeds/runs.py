@@ -60,6 +60,10 @@ class Run:
     confusion_plot = "confusion.png"
     examples_plot = "examples.png"
     reliability_plot = "reliability.png"
+    val_predictions_file = "val_predictions.csv"  # raw probabilities of the held-out images, flip TTA on
+    test_predictions_file = "test_predictions.csv"  # raw test probabilities from `submit`, flip TTA on
+    oof_file = "oof.csv"  # a k-fold run: every labelled image, predicted by the fold that held it out
+    fold_file = "fold.json"  # a fold's place: folds, fold, seed and labels it was split from
 
     @property
     def name(self) -> str:
@@ -67,6 +71,23 @@ class Run:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    @property
+    def folds(self) -> int:
+        """K for a k-fold run (its folds are sub-runs `fold-1` ... `fold-K`); 1 for a single run or a fold."""
+        try:
+            config = json.loads(self.file(self.config_file).read_text())
+            return 1 if config.get("fold") is not None else int(config.get("folds", 1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 1
+
+    def fold(self, i: int) -> "Run":
+        return Run(self.path / f"fold-{i}")
+
+    @property
+    def trained_file(self) -> str:
+        """What a finished run has: its best model, or (k-fold) its out-of-fold predictions."""
+        return self.oof_file if self.folds > 1 else self.model_file
 
     @classmethod
     def create(cls, config: TrainConfig, classes: list[str], run_dir: str | Path | None = None) -> "Run":
@@ -92,8 +113,13 @@ class Run:
         if not path.is_dir():
             raise DogbreedsError(f"run {run} not found: pass a run folder or a name under {RUNS_DIR}/")
         opened = cls(path)
-        for needed in (cls.config_file, cls.classes_file) + ((cls.model_file,) if need_model else ()):
+        for needed in (cls.config_file, cls.classes_file) + ((opened.trained_file,) if need_model else ()):
             if not opened.file(needed).is_file():
+                if needed == cls.oof_file:
+                    raise DogbreedsError(
+                        f"run {path} has no {needed}: not all of its {opened.folds} folds are trained; train the "
+                        f"missing ones (--fold I), put them in {path} and run `dogbreeds train --resume {path}`"
+                    )
                 raise DogbreedsError(
                     f"run {path} has no {needed}: its training did not finish; train again or pick another run"
                 )
@@ -101,10 +127,8 @@ class Run:
 
     @classmethod
     def latest(cls) -> "Run":
-        candidates = sorted(
-            (p for p in RUNS_DIR.glob("*") if (p / cls.model_file).is_file()),
-            key=lambda p: (p / cls.model_file).stat().st_mtime,
-        )
+        finished = [p / cls(p).trained_file for p in RUNS_DIR.glob("*") if (p / cls(p).trained_file).is_file()]
+        candidates = [f.parent for f in sorted(finished, key=lambda f: f.stat().st_mtime)]
         if not candidates:
             raise DogbreedsError(f"no trained run in {RUNS_DIR}/: run `dogbreeds train` first, or pass --run")
         return cls(candidates[-1])
@@ -147,6 +171,24 @@ class Run:
         tmp = temporary_sibling(path)
         model.save(tmp)
         tmp.replace(path)
+
+    def save_predictions(self, name: str, ids, classes: list[str], probabilities) -> Path:
+        """Probabilities as a table with the sample_submission header: id, then the classes in order."""
+        import pandas as pd
+
+        frame = pd.DataFrame(probabilities, columns=classes)
+        frame.insert(0, "id", list(ids))
+        return self.write(name, frame.to_csv(index=False, float_format="%.8g"))
+
+    def predictions(self, name: str):
+        """A table saved by `save_predictions`, its columns checked against the run's classes."""
+        import pandas as pd
+
+        path = self.file(name)
+        frame = pd.read_csv(path, dtype={"id": str})
+        if list(frame.columns) != ["id", *self.classes()]:
+            raise DogbreedsError(f"{path}: its columns are not id and the run's classes; train the run again")
+        return frame
 
     def save_metrics(self, metrics: dict) -> None:
         self.write(self.metrics_file, json.dumps(metrics, indent=2))

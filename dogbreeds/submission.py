@@ -19,7 +19,7 @@ from dogbreeds.competition import readable_test_images
 from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.inference import Predictor
-from dogbreeds.runs import write_atomic
+from dogbreeds.runs import Run, write_atomic
 
 SUBMISSIONS_DIR = Path("submissions")
 
@@ -77,6 +77,8 @@ def submit(
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
     images = readable_test_images(competition)
     raw = predictor.predict(images, tta=tta, desc="test images", strategy=distribution)
+    if tta:  # kept for `dogbreeds blend`, which then never runs the network again
+        predictor.run.save_predictions(Run.test_predictions_file, competition.test_ids, classes, raw)
     calibrated = predictor.calibrated(raw, calibrate=calibrate, tta=tta)
     probabilities = calibrated.probabilities
 

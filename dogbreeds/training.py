@@ -15,21 +15,22 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import keras
 import pandas as pd
 import tensorflow as tf
 
-from dogbreeds.cache import FeatureCache, head_inputs
-from dogbreeds.competition import Data, prepare_data
+from dogbreeds.cache import FeatureCache, HeadInputs, head_inputs, labelled_vectors
+from dogbreeds.competition import Data, labels_digest, prepare_data
 from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import describe, make_strategy, use_precision, user_facing_failures
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.heads import fit_head
 from dogbreeds.images import inspect_images
-from dogbreeds.inference import labelled_scores, make_loader
+from dogbreeds.inference import labelled_scores, make_loader, predict
 from dogbreeds.metrics import scores
 from dogbreeds.models import build_backbone, build_classifier, set_trainable
 from dogbreeds.report import plot_history
@@ -197,7 +198,10 @@ def _fit_competition(
 def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy) -> TrainResult:
     """Score the best model on the validation split; metrics.json and the plot."""
     replicas = strategy.num_replicas_in_sync
-    found = labelled_scores(run.load_model(), make_loader(config, replicas), {"val": data.val})
+    best, loader = run.load_model(), make_loader(config, replicas)
+    found = labelled_scores(best, loader, {"val": data.val})
+    held_out = predict(best, loader, data.val, tta=True, desc="validation images")  # as submit predicts
+    run.save_predictions(Run.val_predictions_file, data.val["id"], data.competition.classes, held_out)
     history = pd.read_csv(run.file(Run.log_file))
     n_classes = len(data.competition.classes)
     metrics = found | {
@@ -224,8 +228,15 @@ def _save_skipped(run: Run, data: Data) -> None:
 
 def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
+    if config.folds > 1:
+        return train_folds(config, run_dir)
+    return _train_one(config, run_dir)
+
+
+def _train_one(config: TrainConfig, run_dir: str | Path | None, inputs: HeadInputs | None = None) -> TrainResult:
+    """One model on one split: a single run, or one fold of a k-fold run."""
     if config.method == "features":
-        return train_features(config, run_dir)
+        return train_features(config, run_dir, inputs)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
     data = prepare_data(config)
     keras.utils.set_random_seed(config.seed)
@@ -241,6 +252,7 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
         )
     run = Run.create(config, data.competition.classes, run_dir)
     _save_skipped(run, data)
+    _save_fold(run, config, data)
     log.info(
         f"training {config.backbone} at {config.image_size}px on {len(data.train)} images "
         f"({len(data.val)} held out, {len(data.competition.classes)} classes, {precision}, "
@@ -251,27 +263,41 @@ def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
         return _finish(run, config, data, precision, strategy)
 
 
-def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
+def _extracted(function, *args):
+    """An extraction that a Ctrl-C stops with a line saying that it resumes."""
+    try:
+        return function(*args)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted; run the same command again: the extraction resumes where it stopped") from None
+
+
+def _readable_tests(data: Data) -> list[pd.DataFrame]:
+    """The test images, when all can be read: extracted with the rest, so submit finds them cached."""
+    test = data.competition.test_frame()
+    report = inspect_images(test["path"].tolist())
+    readable = len(test) and (report["problem"] == "").all()
+    return [test.assign(orientation=report["orientation"].to_numpy())] if readable else []
+
+
+def train_features(
+    config: TrainConfig, run_dir: str | Path | None = None, inputs: HeadInputs | None = None
+) -> TrainResult:
     """--method features: cached backbone vectors (train, validation, test), then a head on them.
 
     Extraction comes first and fills the cache, so a failure there leaves no run folder;
     the head then trains in seconds, and submit finds the test vectors already cached.
+    A fold of a k-fold run is handed its `inputs`, cut from one extraction of every image.
     """
     data = prepare_data(config)
     cache = FeatureCache(config.cache_dir, config.batch_size)
     started = time.perf_counter()
-    test = data.competition.test_frame()
-    try:
-        report = inspect_images(test["path"].tolist())
-        readable = len(test) and (report["problem"] == "").all()
-        tests = [test.assign(orientation=report["orientation"].to_numpy())] if readable else []  # for submit
-        inputs = head_inputs(cache, config, data.train, data.val, tests)
-    except KeyboardInterrupt:
-        raise Interrupted("interrupted; run the same command again: the extraction resumes where it stopped") from None
+    if inputs is None:
+        inputs = _extracted(head_inputs, cache, config, data.train, data.val, _readable_tests(data))
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config, data.competition.classes, run_dir)
     _save_skipped(run, data)
+    _save_fold(run, config, data)
     n_classes, y_val = len(data.competition.classes), data.val["label"].to_numpy()
     log.info(
         f"training a {config.head} head on {inputs.x.shape[1]} features x {len(inputs.x)} rows "
@@ -280,6 +306,7 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
     title = f"{run.name}: {config.head} head on cached features"
     head = fit_head(run, config, inputs.x, inputs.y, inputs.x_val, y_val, n_classes, title)
     probabilities = head.model.predict(inputs.x_val, batch_size=1024, verbose=0)
+    run.save_predictions(Run.val_predictions_file, data.val["id"], data.competition.classes, probabilities)
     metrics = {f"val_{k}": v for k, v in scores(probabilities, y_val).items()} | {
         "uniform_log_loss": math.log(n_classes),
         "method": "features",
@@ -298,9 +325,140 @@ def train_features(config: TrainConfig, run_dir: str | None = None) -> TrainResu
     return TrainResult(run, metrics)
 
 
+# -- k folds ----------------------------------------------------------------------------
+
+
+def _save_fold(run: Run, config: TrainConfig, data: Data) -> None:
+    """A fold folder says which split it belongs to, so folds trained apart are checked when merged."""
+    if config.folds > 1:
+        run.write(Run.fold_file, json.dumps(_fold_identity(config, data) | {"fold": config.fold}, indent=1))
+
+
+def _fold_identity(config: TrainConfig, data: Data) -> dict:
+    digest = labels_digest(data.competition)
+    return {"folds": config.folds, "seed": config.seed, "limit": config.limit, "labels": digest}
+
+
+def _fold_finished(run: Run) -> bool:
+    return all(run.file(name).is_file() for name in (Run.model_file, Run.metrics_file, Run.val_predictions_file))
+
+
+@dataclass
+class FoldsResult(TrainResult):
+    """A k-fold run: its out-of-fold figures once every fold is trained."""
+
+    def text(self) -> str:
+        m = self.metrics
+        done = m["folds_trained"]
+        if len(done) < m["folds"]:
+            missing = sorted(set(range(1, m["folds"] + 1)) - set(done))
+            return (
+                f"run {self.run.path}: folds {', '.join(map(str, done))} of {m['folds']} trained; train the others "
+                f"(--fold {missing[0]} ...), put their fold-* folders in {self.run.path} and run "
+                f"`dogbreeds train --resume {self.run.path}`"
+            )
+        per_fold = ", ".join(f"{f['val_log_loss']:.4f}" for f in m["per_fold"])
+        return (
+            f"run {self.run.path}: out-of-fold log loss {m['val_log_loss']:.4f} (uniform guess "
+            f"{m['uniform_log_loss']:.4f}), accuracy {m['val_accuracy']:.2%} on {m['val_images']} images; "
+            f"folds: {per_fold}"
+        )
+
+
+def train_folds(config: TrainConfig, run_dir: str | Path | None = None) -> FoldsResult:
+    """K models on stratified folds into RUN/fold-1 ... RUN/fold-K (only --fold I when given).
+
+    Finished folds are kept, a stopped fine-tuning fold resumes from its last epoch; once every
+    fold is there, oof.csv holds each labelled image's prediction by the fold that held it out.
+    Features: every labelled image is extracted once, and each fold's head is cut from that.
+    """
+    first = prepare_data(replace(config, fold=1))  # checks the data before any folder is made
+    competition = first.competition
+    images = first.labelled()
+    if run_dir is not None and Run(Path(run_dir)).file(Run.config_file).is_file():
+        existing = Run(Path(run_dir)).config()
+        differing = [k for k, v in asdict(replace(config, fold=None)).items() if asdict(existing).get(k) != v]
+        if differing:
+            raise DogbreedsError(
+                f"{run_dir} holds a run with other settings ({', '.join(differing)}); give the same options "
+                "as its other folds, or another --run-dir"
+            )
+    root = Run.create(replace(config, fold=None), competition.classes, run_dir)
+    vectors, started = None, time.perf_counter()
+    if config.method == "features":
+        cache = FeatureCache(config.cache_dir, config.batch_size)
+        vectors = _extracted(labelled_vectors, cache, config, images, _readable_tests(first))
+    extraction_seconds = round(time.perf_counter() - started, 2)
+    for i in [config.fold] if config.fold else range(1, config.folds + 1):
+        fold_run, fold_config = root.fold(i), replace(config, fold=i)
+        if _fold_finished(fold_run):
+            log.info(f"fold {i} of {config.folds} is trained: kept")
+            continue
+        log.info(f"fold {i} of {config.folds} -> {fold_run.path}")
+        if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
+            _resume_one(fold_run)
+        else:
+            data = prepare_data(fold_config)
+            inputs = vectors.head_inputs(data.train["id"], data.val["id"]) if vectors else None
+            _train_one(fold_config, fold_run.path, inputs)
+    result = _finish_folds(root, config, _fold_identity(config, first), images)
+    if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
+        result.metrics["extraction_seconds"] = extraction_seconds
+        root.save_metrics(result.metrics)
+    return result
+
+
+def _seconds(metrics: dict) -> float:
+    """A fold's training time: its epochs, or its head (the extraction is shared)."""
+    return metrics.get("train_seconds", metrics.get("head_seconds", 0.0))
+
+
+def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.DataFrame) -> FoldsResult:
+    """Merge the trained folds: check they belong to one split, then oof.csv and the metrics."""
+    trained = [i for i in range(1, config.folds + 1) if _fold_finished(root.fold(i))]
+    fold_metrics = {}
+    for i in trained:
+        recorded = json.loads(root.fold(i).file(Run.fold_file).read_text())
+        theirs = {k: recorded.get(k) for k in identity}
+        if theirs != identity or recorded.get("fold") != i:
+            raise DogbreedsError(
+                f"{root.fold(i).path} belongs to another split ({theirs}, fold {recorded.get('fold')}) than "
+                f"{root.path} ({identity}, fold {i}); train that fold again with this run's settings"
+            )
+        fold_metrics[i] = json.loads(root.fold(i).file(Run.metrics_file).read_text())
+    metrics = {
+        "folds": config.folds,
+        "folds_trained": trained,
+        "method": config.method,
+        "per_fold": [
+            {"fold": i} | {k: m[k] for k in ("val_log_loss", "val_accuracy", "val_images")}
+            for i, m in fold_metrics.items()
+        ],
+    }
+    if len(trained) == config.folds:
+        oof = pd.concat([root.fold(i).predictions(Run.val_predictions_file) for i in trained]).set_index("id")
+        oof = oof.loc[images["id"]]  # labels.csv's order; each image held out by exactly one fold
+        found = scores(oof.to_numpy(), images["label"].to_numpy())
+        root.write(Run.oof_file, oof.reset_index().to_csv(index=False, float_format="%.8g"))
+        metrics |= {f"val_{k}": v for k, v in found.items()} | {
+            "uniform_log_loss": math.log(len(root.classes())),
+            "val_images": len(images),
+            "train_seconds": round(sum(_seconds(m) for m in fold_metrics.values()), 1),
+        }
+    root.save_metrics(metrics)
+    return FoldsResult(root, metrics)
+
+
 def resume(run_ref: str) -> TrainResult:
-    """Continue a stopped run from its last completed epoch, on the same split."""
+    """Continue a stopped run from its last completed epoch, on the same split; a k-fold run
+    keeps its finished folds, continues or trains the others, and merges them."""
     run = Run.open(run_ref, need_model=False)
+    if run.folds > 1:
+        return train_folds(run.config(), run.path)
+    return _resume_one(run)
+
+
+def _resume_one(run: Run) -> TrainResult:
     config = run.config()
     if config.method == "features":
         raise DogbreedsError(

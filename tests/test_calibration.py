@@ -170,3 +170,20 @@ def test_confusion_matrix_per_breed_table_and_top_k():
     order = example_order(labels, probabilities, n=4, right_at_least=1)
     assert order[:3].tolist() == [1, 2, 5]  # mistakes, most confident first
     assert labels[order[3]] == probabilities[order[3]].argmax()  # then a right one
+
+
+def test_a_correction_is_kept_only_where_it_holds_on_unseen_halves():
+    """On few images a temperature can lower their own log loss by chance: kept only when the
+    cross-validated figure (fitted on one half, scored on the other) improves too."""
+    dropped = 0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        labels = rng.integers(3, size=36)
+        probabilities = softmax(rng.normal(scale=0.5, size=(36, 3)) + 0.6 * np.eye(3)[labels])
+        fitted = calibration.fit(probabilities, labels, seed=seed)
+        in_sample = calibration.fit_temperature(probabilities, labels)
+        if fitted.temperature != 1.0:
+            assert fitted.log_loss_after_cross_validated < fitted.log_loss_before
+        elif in_sample != 1.0:
+            dropped += 1
+    assert dropped > 0  # a temperature that helped only the images it was fitted on was left out

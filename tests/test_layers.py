@@ -22,7 +22,7 @@ LAYERS = [
     {"report", "cache"},
     {"heads", "inference"},
     {"training", "submission", "scoring"},  # the jobs: a run, a submission, a score
-    {"evaluation", "prediction", "listing", "bench", "cifar", "demo"},  # commands, siblings
+    {"evaluation", "prediction", "listing", "bench", "cifar", "demo", "blending"},  # commands, siblings
     {"cli"},
     {"__main__"},
 ]

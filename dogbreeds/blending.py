@@ -1,0 +1,194 @@
+"""`dogbreeds blend`: a weighted average of several runs, its weights fitted on held-out images.
+
+Every run keeps its held-out predictions: a k-fold run's out-of-fold `oof.csv` (every labelled
+image), a single run's `val_predictions.csv`. On the images all the runs held out, non-negative
+weights summing to one are fitted to minimise log loss (scipy's SLSQP; log loss is convex in
+the weights, so its minimum is the minimum), then a temperature and floor as `evaluate` fits
+them. Each run's test probabilities come from its `test_predictions.csv` (written by `submit`)
+or are computed once and saved there, so a blend runs no network twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+from dogbreeds import calibration as calibrating
+from dogbreeds.calibration import EPSILON, Calibration, clip
+from dogbreeds.competition import Competition, readable_test_images
+from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.inference import Predictor
+from dogbreeds.metrics import accuracy, log_loss
+from dogbreeds.runs import Run, write_atomic
+from dogbreeds.submission import SUBMISSIONS_DIR, check_submission
+
+
+def held_out(run: Run) -> pd.DataFrame:
+    """The run's predictions of the labelled images it did not train on: id, then its classes."""
+    name = Run.oof_file if run.folds > 1 else Run.val_predictions_file
+    if not run.file(name).is_file():
+        raise DogbreedsError(
+            f"run {run.path} has no {name} (trained by an older dogbreeds, which did not keep it); train it again"
+        )
+    return run.predictions(name).sort_values("id", kind="stable").reset_index(drop=True)
+
+
+def blended(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """sum_i weights[i] * stack[i]: the runs' probabilities mixed, rows still summing to one."""
+    return np.tensordot(weights, stack, axes=1)
+
+
+def fit_weights(stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Non-negative weights summing to one that minimise the log loss of the blend of `stack`
+    (runs, images, classes); never worse than the best single run."""
+    k = len(stack)
+
+    def loss(w: np.ndarray) -> float:
+        return log_loss(clip(blended(w, stack), EPSILON), labels)
+
+    fitted = minimize(
+        loss,
+        np.full(k, 1.0 / k),
+        method="SLSQP",
+        bounds=[(0.0, 1.0)] * k,
+        constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0}],
+    )
+    weights = np.clip(fitted.x, 0.0, None)
+    candidates = [weights / weights.sum(), *np.eye(k)]  # the optimiser's answer, or a run alone
+    return min(candidates, key=loss)
+
+
+def _cross_validated(stack: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
+    """The blend's log loss on each half with weights fitted on the other half, over all images."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = order[: len(order) // 2], order[len(order) // 2 :]
+    total = 0.0
+    for fit_on, score_on in (halves, halves[::-1]):
+        weights = fit_weights(stack[:, fit_on], labels[fit_on])
+        total += log_loss(clip(blended(weights, stack[:, score_on]), EPSILON), labels[score_on]) * len(score_on)
+    return total / len(labels)
+
+
+@dataclass
+class BlendResult:
+    path: Path
+    runs: list[str]
+    weights: list[float]
+    figures: dict
+    calibration: Calibration
+
+    def text(self) -> str:
+        """The table `dogbreeds blend` prints: each run, the plain mean, the fitted blend."""
+        f = self.figures
+        width = max(len(r) for r in [*self.runs, "equal-weight mean"])
+        lines = [f"on the {f['images']} held-out images all the runs predicted:"]
+        lines.append(f"  {'run':<{width}}  log loss  weight")
+        for run, loss, weight in zip(self.runs, f["run_log_loss"], self.weights):
+            lines.append(f"  {run:<{width}}  {loss:8.4f}  {weight:6.3f}")
+        c = self.calibration
+        lines += [
+            f"  {'equal-weight mean':<{width}}  {f['equal_weight_log_loss']:8.4f}",
+            f"  {'fitted blend':<{width}}  {f['blend_log_loss']:8.4f}  (cross-validated on halves: "
+            f"{f['blend_log_loss_cross_validated'] or math.nan:.4f}; accuracy {f['blend_accuracy']:.2%})",
+            f"  {'calibrated blend':<{width}}  {c.log_loss_after:8.4f}  (temperature {c.temperature:.3f}, "
+            f"floor {c.floor:g})",
+            f"wrote {self.path} and {self.path.with_suffix('.json')} in {f['seconds']:.1f} s",
+        ]
+        return "\n".join(lines)
+
+
+def _same_images(runs: list[Run], tables: list[pd.DataFrame]) -> None:
+    first = set(tables[0]["id"])
+    for run, table in zip(runs[1:], tables[1:]):
+        if set(table["id"]) != first:
+            shared = len(first & set(table["id"]))
+            raise DogbreedsError(
+                f"runs {runs[0].path} and {run.path} held out different images ({len(first)} and {len(table)}, "
+                f"{shared} shared): blend runs with the same --folds (or --val-split) and --seed"
+            )
+
+
+def _test_predictions(predictor: Predictor, competition: Competition, images: pd.DataFrame) -> np.ndarray:
+    """The run's saved test probabilities (flip TTA) when they are for these test ids, else computed and saved."""
+    run = predictor.run
+    if run.file(Run.test_predictions_file).is_file():
+        saved = run.predictions(Run.test_predictions_file)
+        if saved["id"].tolist() == competition.test_ids:
+            return saved[competition.classes].to_numpy(dtype=np.float64)
+    log.info(f"predicting the test images with {run.path} (saved in {Run.test_predictions_file} for next time)")
+    raw = predictor.predict(images, tta=True, desc=f"test images, {run.name}")
+    run.save_predictions(Run.test_predictions_file, competition.test_ids, competition.classes, raw)
+    return raw
+
+
+def blend(
+    runs: list[str | Path],
+    data: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    force: bool = False,
+    batch_size: int | None = None,
+) -> BlendResult:
+    started = time.perf_counter()
+    if len(runs) < 2:
+        raise DogbreedsError("blend needs at least two runs: dogbreeds blend RUN RUN ...")
+    predictors = [Predictor.open(run, batch_size=batch_size, calibration=False) for run in runs]
+    opened = [p.run for p in predictors]
+    for run in opened[1:]:
+        if run.classes() != opened[0].classes():
+            raise DogbreedsError(
+                f"runs {opened[0].path} and {run.path} have different classes or class orders; "
+                "blend runs trained on the same competition"
+            )
+    tables = [held_out(run) for run in opened]
+    _same_images(opened, tables)
+    competition = predictors[0].competition(data, need_test=True)
+    out = Path(out) if out is not None else SUBMISSIONS_DIR / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    if out.exists() and not force:
+        raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
+
+    classes = competition.classes
+    label_of = dict(zip(competition.labels["id"], competition.labels["label"]))
+    ids = tables[0]["id"]
+    if not ids.isin(list(label_of)).all():
+        raise DogbreedsError(f"the runs held out images that are not in {competition.root / 'labels.csv'}; pass --data")
+    labels = ids.map(label_of).to_numpy()
+    stack = np.stack([table[classes].to_numpy(dtype=np.float64) for table in tables])
+    weights = fit_weights(stack, labels)
+    mixed = blended(weights, stack)
+    calibration = calibrating.fit(mixed, labels)
+    figures = {
+        "images": len(labels),
+        "run_log_loss": [log_loss(clip(p, EPSILON), labels) for p in stack],
+        "run_accuracy": [accuracy(p, labels) for p in stack],
+        "equal_weight_log_loss": log_loss(clip(stack.mean(axis=0), EPSILON), labels),
+        "blend_log_loss": log_loss(clip(mixed, EPSILON), labels),
+        "blend_log_loss_cross_validated": _cross_validated(stack, labels) if len(labels) >= 4 else None,
+        "blend_accuracy": accuracy(mixed, labels),
+    }
+
+    images = readable_test_images(competition)
+    tests = np.stack([_test_predictions(p, competition, images) for p in predictors])
+    probabilities = calibration.apply(blended(weights, tests))
+    frame = pd.DataFrame(probabilities, columns=classes)
+    frame.insert(0, "id", competition.test_ids)
+    check_submission(frame, competition.test_ids, classes)
+    figures["seconds"] = round(time.perf_counter() - started, 2)
+    names = [str(run.path) for run in opened]
+    record = {
+        "runs": names,
+        "weights": [float(w) for w in weights],
+        "figures": figures,
+        "calibration": json.loads(calibration.to_json()),
+    }
+    write_atomic(out, frame.to_csv(index=False, float_format="%.8g"))
+    write_atomic(out.with_suffix(".json"), json.dumps(record, indent=2))
+    return BlendResult(out, names, [float(w) for w in weights], figures, calibration)
