@@ -182,7 +182,7 @@ def bench(
         test = test.head(max(batch_size, len(test) // batch_size * batch_size))
         for path in [*train["path"], *test["path"]]:
             Path(path).read_bytes()  # the same warm page cache for every stage
-        precision = use_precision(config.precision)
+        precision = use_precision(config.precision, quiet=True)  # the table says which
         result = BenchResult(
             settings={
                 "data": source,

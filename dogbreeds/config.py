@@ -219,7 +219,10 @@ class TrainConfig:
     )
     loader: str = option("tfdata", "tfdata (fast) or legacy (ImageDataGenerator).", choices=("tfdata", "legacy"))
     precision: str = option(
-        "auto", "auto: mixed_float16 on a GPU, mixed_bfloat16 on a TPU, float32 on a CPU.", choices=PRECISIONS
+        "auto",
+        "auto: mixed_float16 on GPUs of compute capability 7.0+ (T4, V100, A100), mixed_bfloat16 on a TPU, "
+        "else float32.",
+        choices=PRECISIONS,
     )
     strategy: str = option(
         "auto", "tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",

@@ -82,15 +82,42 @@ def describe(strategy: tf.distribute.Strategy) -> str:
     return f"{name}, {replicas} replica{'s' * (replicas > 1)}"
 
 
-def use_precision(precision: str) -> str:
-    """Set Keras' global policy; auto: mixed_float16 on a CUDA GPU, mixed_bfloat16 on a TPU, else float32."""
+FAST_HALF_PRECISION = (7, 0)  # Volta and later have Tensor Cores; TensorFlow's mixed-precision guide advises them
+
+
+def auto_precision(tpu: bool, gpus: list[tuple[str, tuple[int, int] | None]]) -> tuple[str, str]:
+    """What `--precision auto` picks for these devices, and why: (policy, reason).
+
+    `gpus` are (name, compute capability). float16 pays only where Tensor Cores do the
+    arithmetic (compute capability 7.0 and above: T4, V100, A100...); on older GPUs, such as
+    Kaggle's P100 (6.0), it is slower or no faster than float32.
+    """
+    if tpu:
+        return "mixed_bfloat16", "a TPU computes in bfloat16"
+    if not gpus:
+        return "float32", "no GPU"
+    name, capability = gpus[0]
+    if capability is not None and tuple(capability) >= FAST_HALF_PRECISION:
+        return "mixed_float16", f"{name} has compute capability {capability[0]}.{capability[1]} (Tensor Cores)"
+    shown = f"{capability[0]}.{capability[1]}" if capability else "unknown"
+    return "float32", f"{name} has compute capability {shown}, below 7.0: float16 would not be faster"
+
+
+def _gpus() -> list[tuple[str, tuple[int, int] | None]]:
+    found = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        found.append((details.get("device_name", gpu.name), details.get("compute_capability")))
+    return found
+
+
+def use_precision(precision: str, *, quiet: bool = False) -> str:
+    """Set Keras' global policy and return it; `auto` decides by device (`auto_precision`) and,
+    unless `quiet` (whose standard output may be JSON), says why."""
     if precision == "auto":
-        if tf.config.list_logical_devices("TPU"):
-            precision = "mixed_bfloat16"
-        elif tf.config.list_physical_devices("GPU"):
-            precision = "mixed_float16"
-        else:
-            precision = "float32"
+        precision, reason = auto_precision(bool(tf.config.list_logical_devices("TPU")), _gpus())
+        if not quiet:
+            log.info(f"precision: {precision} ({reason})")
     keras.mixed_precision.set_global_policy(precision)
     return precision
 

@@ -102,3 +102,21 @@ def test_mixed_precision_trains_and_keeps_float32_probabilities(policy, compute)
         keras.mixed_precision.set_global_policy("float32")
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "tpu, gpus, expected, reason",
+    [
+        (False, [], "float32", "no GPU"),
+        (False, [("Tesla P100-PCIE-16GB", (6, 0))], "float32", "compute capability 6.0, below 7.0"),
+        (False, [("Tesla T4", (7, 5))], "mixed_float16", "compute capability 7.5"),
+        (False, [("NVIDIA A100-SXM4-40GB", (8, 0))], "mixed_float16", "Tensor Cores"),
+        (False, [("a GPU that says nothing", None)], "float32", "unknown"),
+        (True, [], "mixed_bfloat16", "TPU"),
+    ],
+)
+def test_auto_precision_takes_float16_only_where_tensor_cores_make_it_pay(tpu, gpus, expected, reason):
+    from dogbreeds.distribute import auto_precision
+
+    chosen, why = auto_precision(tpu, gpus)
+    assert chosen == expected and reason in why
