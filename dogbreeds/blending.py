@@ -27,8 +27,9 @@ from dogbreeds.competition import Competition, readable_test_images
 from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.inference import Predictor
 from dogbreeds.metrics import accuracy, log_loss
+from dogbreeds.places import kaggle_submission, submissions_dir
 from dogbreeds.runs import Run, write_atomic
-from dogbreeds.submission import SUBMISSIONS_DIR, check_submission
+from dogbreeds.submission import check_submission, write_csv
 
 
 def held_out(run: Run) -> pd.DataFrame:
@@ -151,7 +152,8 @@ def blend(
     tables = [held_out(run) for run in opened]
     _same_images(opened, tables)
     competition = predictors[0].competition(data, need_test=True)
-    out = Path(out) if out is not None else SUBMISSIONS_DIR / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    also = kaggle_submission() if out is None else None  # a kernel submits /kaggle/working/submission.csv
+    out = Path(out) if out is not None else submissions_dir() / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
     if out.exists() and not force:
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
 
@@ -189,6 +191,6 @@ def blend(
         "figures": figures,
         "calibration": json.loads(calibration.to_json()),
     }
-    write_atomic(out, frame.to_csv(index=False, float_format="%.8g"))
+    write_csv(frame, out, also)
     write_atomic(out.with_suffix(".json"), json.dumps(record, indent=2))
     return BlendResult(out, names, [float(w) for w in weights], figures, calibration)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from dogbreeds.config import Augmentation, TrainConfig
 from dogbreeds.models import build_backbone, get_backbone
 from dogbreeds.pipeline import DECODING_FORMAT, TFDataLoader
+from dogbreeds.places import feature_cache
 from dogbreeds.runs import write_atomic
 
 FEATURE_FORMAT = 2  # 2: images decoded by the pipeline's uint8, DCT-scaled JPEG path
@@ -102,7 +103,7 @@ class FeatureCache:
     """Pooled backbone features on disk, computed at most once for each key."""
 
     def __init__(self, root: str | Path, batch_size: int = 32):
-        self.root = Path(root)
+        self.root = feature_cache(root)  # the default `cache` is /kaggle/working/cache on a kernel
         self.batch_size = batch_size
         self.extracted = 0  # images run through a backbone by this cache: what reuse saves
         self._extractors: dict[tuple, tuple[keras.Model, object]] = {}

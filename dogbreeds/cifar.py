@@ -39,8 +39,9 @@ from dogbreeds.inference import labelled_scores
 from dogbreeds.metrics import scores
 from dogbreeds.models import CIFAR_ARCHITECTURES
 from dogbreeds.pipeline import TFDataLoader
+from dogbreeds.places import feature_cache, runs_dir
 from dogbreeds.report import plot_accuracy_curves, plot_history
-from dogbreeds.runs import RUNS_DIR, Run, write_atomic
+from dogbreeds.runs import Run, write_atomic
 from dogbreeds.training import Phase, Progress, fit_phases
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -220,7 +221,7 @@ def _download(dataset: str):
 
 def load_cifar(data: str | None, dataset: str, cache_dir: str | Path) -> CifarData:
     """Image folders as they are; python batches or a download written once as image folders."""
-    cache, order = Path(cache_dir) / "cifar", None
+    cache, order = feature_cache(cache_dir) / "cifar", None
     if data is None:
         arrays = _download(dataset)
         root, source, order = arrays_to_folders(*arrays, cache), f"keras.datasets.{dataset}", arrays[0]
@@ -490,7 +491,7 @@ def run_cifar(config: CifarConfig, models: list[str], run_dir: str | None = None
     data = load_cifar(config.data, config.dataset, config.cache_dir)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = models[0] if len(models) == 1 else "all"
-    root = Path(run_dir) if run_dir else RUNS_DIR / f"{config.dataset}-{name}-{stamp}"
+    root = Path(run_dir) if run_dir else runs_dir() / f"{config.dataset}-{name}-{stamp}"
     if (root / Run.model_file).exists() or (root / "results.csv").exists():
         raise DogbreedsError(f"{root} already holds results; choose another --run-dir")
     outcomes = []

@@ -226,7 +226,9 @@ def blend(
 
 @app.command()
 def runs(
-    folder: Path = typer.Option(Path("runs"), "--dir", help="Folder holding the runs."),
+    folder: Optional[Path] = typer.Option(
+        None, "--dir", help="Folder holding the runs. Default: runs/ (on a Kaggle kernel, /kaggle/working/runs)."
+    ),
 ):
     """List the runs, newest first, with their settings and validation scores."""
     from dogbreeds.listing import list_runs

@@ -23,8 +23,8 @@ from sklearn.model_selection import StratifiedKFold
 from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.images import inspect_images
+from dogbreeds.places import kaggle_competition
 
-KAGGLE_INPUT = Path("/kaggle/input/dog-breed-identification")
 KAGGLE_HINT = (
     "download it with `kaggle competitions download -c dog-breed-identification` and unzip it there, or pass --data DIR"
 )
@@ -32,14 +32,12 @@ IMAGE_SUFFIX = ".jpg"
 
 
 def locate_data(data: str | Path | None = None) -> Path:
-    """--data, else $DOGBREEDS_DATA, else the Kaggle kernel's input folder, else ./data."""
+    """--data, else $DOGBREEDS_DATA, else the competition attached to a Kaggle kernel, else ./data."""
     if data is not None:
         return Path(data)
     if os.environ.get("DOGBREEDS_DATA"):
         return Path(os.environ["DOGBREEDS_DATA"])
-    if KAGGLE_INPUT.is_dir():
-        return KAGGLE_INPUT
-    return Path("data")
+    return kaggle_competition() or Path("data")
 
 
 @dataclass(frozen=True)

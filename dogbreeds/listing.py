@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dogbreeds.runs import RUNS_DIR, Run
+from dogbreeds.places import runs_dir
+from dogbreeds.runs import Run
 
 COLUMNS = ["run", "backbone", "method", "size", "date", "val log loss", "val accuracy", "calibrated log loss"]
 RIGHT_ALIGNED = {"size", "val log loss", "val accuracy", "calibrated log loss"}
@@ -93,8 +94,9 @@ class RunList:
         )
 
 
-def list_runs(folder: Path = RUNS_DIR) -> RunList:
-    """Every run under `folder` (a folder with a config.json), newest first."""
+def list_runs(folder: Path | None = None) -> RunList:
+    """Every run under `folder` (default: runs/, or a kernel's) with a config.json, newest first."""
+    folder = runs_dir() if folder is None else folder
     paths = [p for p in Path(folder).glob("*") if p.is_dir() and (p / Run.config_file).is_file()]
     rows = sorted((RunRow.read(p) for p in paths), key=lambda row: row.date, reverse=True)
     return RunList(Path(folder), rows)

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from dogbreeds.config import Augmentation
 from dogbreeds.images import inspect_images
+from dogbreeds.places import image_cache
 
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 def _apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -226,11 +227,6 @@ def prefetched(ds: tf.data.Dataset) -> tf.data.Dataset:
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def cache_dir() -> Path:
-    """Where --cache-images disk keeps decoded images: $DOGBREEDS_CACHE, else ./cache."""
-    return Path(os.environ.get("DOGBREEDS_CACHE") or "cache")
-
-
 @dataclass
 class Loader:
     """What training and prediction need from a loader; subclasses say how."""
@@ -297,7 +293,7 @@ class TFDataLoader(Loader):
         key = hashlib.sha1(f"{DECODING_FORMAT} {self.image_size}\n".encode())
         for path, orientation in zip(frame["path"], frame.get("orientation", [1] * len(frame))):
             key.update(f"{os.path.abspath(path)}:{orientation}\n".encode())
-        folder = cache_dir()
+        folder = image_cache()
         folder.mkdir(parents=True, exist_ok=True)
         prefix = folder / f"images-{self.image_size}px-{len(frame)}-{key.hexdigest()[:16]}"
         if not prefix.with_name(prefix.name + ".index").is_file():  # a pass that never finished

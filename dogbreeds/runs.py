@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.places import runs_dir
 
-RUNS_DIR = Path("runs")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -93,7 +93,7 @@ class Run:
     def create(cls, config: TrainConfig, classes: list[str], run_dir: str | Path | None = None) -> "Run":
         if run_dir is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = RUNS_DIR / f"{config.backbone}-{stamp}"
+            run_dir = runs_dir() / f"{config.backbone}-{stamp}"
         run = cls(Path(run_dir))
         if run.file(cls.model_file).exists():
             raise DogbreedsError(f"{run.path} already holds a trained model; choose another --run-dir")
@@ -108,10 +108,10 @@ class Run:
         if run is None:
             return cls.latest()
         path = Path(run)
-        if not path.is_dir() and (RUNS_DIR / run).is_dir():
-            path = RUNS_DIR / run
+        if not path.is_dir() and (runs_dir() / run).is_dir():
+            path = runs_dir() / run
         if not path.is_dir():
-            raise DogbreedsError(f"run {run} not found: pass a run folder or a name under {RUNS_DIR}/")
+            raise DogbreedsError(f"run {run} not found: pass a run folder or a name under {runs_dir()}/")
         opened = cls(path)
         for needed in (cls.config_file, cls.classes_file) + ((opened.trained_file,) if need_model else ()):
             if not opened.file(needed).is_file():
@@ -127,10 +127,10 @@ class Run:
 
     @classmethod
     def latest(cls) -> "Run":
-        finished = [p / cls(p).trained_file for p in RUNS_DIR.glob("*") if (p / cls(p).trained_file).is_file()]
+        finished = [p / cls(p).trained_file for p in runs_dir().glob("*") if (p / cls(p).trained_file).is_file()]
         candidates = [f.parent for f in sorted(finished, key=lambda f: f.stat().st_mtime)]
         if not candidates:
-            raise DogbreedsError(f"no trained run in {RUNS_DIR}/: run `dogbreeds train` first, or pass --run")
+            raise DogbreedsError(f"no trained run in {runs_dir()}/: run `dogbreeds train` first, or pass --run")
         return cls(candidates[-1])
 
     def config(self) -> TrainConfig:

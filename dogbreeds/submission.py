@@ -19,9 +19,8 @@ from dogbreeds.competition import readable_test_images
 from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.inference import Predictor
+from dogbreeds.places import kaggle_submission, submissions_dir
 from dogbreeds.runs import Run, write_atomic
-
-SUBMISSIONS_DIR = Path("submissions")
 
 
 def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
@@ -38,6 +37,15 @@ def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) ->
         raise DogbreedsError("submission rows are not probability distributions; this is a bug, please report it")
 
 
+def write_csv(frame: pd.DataFrame, out: Path, also: Path | None = None) -> None:
+    """The checked submission, written atomically to `out` and, on a Kaggle kernel, to `also`
+    (replacing the previous one there)."""
+    text = frame.to_csv(index=False, float_format="%.8g")
+    write_atomic(out, text)
+    if also is not None:
+        write_atomic(also, text)
+
+
 @dataclass
 class SubmitResult:
     path: Path
@@ -46,13 +54,15 @@ class SubmitResult:
     top_breeds: list[tuple[str, int]]
     calibration: Calibration | None  # None: clipped at EPSILON only
     calibration_note: str
+    also: Path | None = None  # the same file as a Kaggle kernel's submission.csv
 
     def text(self) -> str:
         """What `dogbreeds submit` prints: how the probabilities were made, then the file."""
         top = ", ".join(f"{breed} ({n})" for breed, n in self.top_breeds)
+        where = f"{self.path} and {self.also}" if self.also else f"{self.path}"
         return (
             f"{self.calibration_note}\n"
-            f"wrote {self.path}: {self.rows} rows, mean top probability {self.mean_max_probability:.3f}; "
+            f"wrote {where}: {self.rows} rows, mean top probability {self.mean_max_probability:.3f}; "
             f"most predicted: {top}"
         )
 
@@ -72,7 +82,8 @@ def submit(
     predictor = Predictor.open(run, batch_size=batch_size)
     competition = predictor.competition(data, need_test=True)
     classes = competition.classes
-    out = Path(out) if out is not None else SUBMISSIONS_DIR / f"{predictor.run.name}.csv"
+    also = kaggle_submission() if out is None else None  # a kernel submits /kaggle/working/submission.csv
+    out = Path(out) if out is not None else submissions_dir() / f"{predictor.run.name}.csv"
     if out.exists() and not force:
         raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
     images = readable_test_images(competition)
@@ -85,7 +96,7 @@ def submit(
     frame = pd.DataFrame(probabilities, columns=classes)
     frame.insert(0, "id", competition.test_ids)
     check_submission(frame, competition.test_ids, classes)
-    write_atomic(out, frame.to_csv(index=False, float_format="%.8g"))
+    write_csv(frame, out, also)
     winners = pd.Series(np.asarray(classes)[probabilities.argmax(axis=1)]).value_counts().head(3)
     return SubmitResult(
         path=out,
@@ -94,4 +105,5 @@ def submit(
         top_breeds=list(winners.items()),
         calibration=calibrated.calibration,
         calibration_note=calibrated.note,
+        also=also,
     )

@@ -26,10 +26,11 @@ def test_locate_data_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DOGBREEDS_DATA", raising=False)
     kaggle = tmp_path / "kaggle"
-    monkeypatch.setattr(comp, "KAGGLE_INPUT", kaggle)
+    monkeypatch.setenv("DOGBREEDS_KAGGLE_ROOT", str(kaggle))
     assert locate_data(None) == comp.Path("data")
-    kaggle.mkdir()
-    assert locate_data(None) == kaggle
+    (kaggle / "working").mkdir(parents=True)
+    (kaggle / "input" / "dog-breed-identification").mkdir(parents=True)
+    assert locate_data(None) == kaggle / "input" / "dog-breed-identification"
     monkeypatch.setenv("DOGBREEDS_DATA", "/from/env")
     assert locate_data(None) == comp.Path("/from/env")
     assert locate_data("given") == comp.Path("given")

@@ -17,7 +17,7 @@ README = PACKAGE.parent / "README.md"
 # Lowest first: a module imports only from layers below its own (docs/design.md draws them).
 LAYERS = [
     {"errors", "metrics", "images", "synthetic"},
-    {"config", "calibration"},
+    {"config", "calibration", "places"},
     {"competition", "runs", "models", "distribute", "pipeline"},
     {"report", "cache"},
     {"heads", "inference"},
