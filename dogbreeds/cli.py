@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -28,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (
 
 LIGHT_COMMANDS = {"runs", "score"}  # JSON and CSV files only: answer at once, without TensorFlow
 DEBUG = "dogbreeds.debug"  # the context's meta key of --debug
+STARTED = "dogbreeds.started"  # when the command started: --time-budget counts from there
 
 # TensorFlow's C++ side prints info lines before its log level is read; nothing else hides them.
 _IMPORT_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|I\d{4} \d\d:\d\d:\d\d)")
@@ -92,7 +94,7 @@ def _before_any_command(
     ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show an error's traceback instead of one line."),
 ) -> None:
-    ctx.meta[DEBUG] = debug
+    ctx.meta[DEBUG], ctx.meta[STARTED] = debug, time.monotonic()
     _show_messages()
     if ctx.invoked_subcommand not in LIGHT_COMMANDS:
         _import_tensorflow_quietly()
@@ -143,18 +145,27 @@ def train(
     resume: Optional[str] = typer.Option(
         None,
         "--resume",
-        help="Continue this stopped run from its last completed epoch (its own settings; other options are ignored).",
+        help="Continue this stopped run from its last completed epoch (its own settings; other options but "
+        "--time-budget are ignored).",
     ),
+    time_budget: Optional[str] = typer.Option(
+        None,
+        "--time-budget",
+        help="Stop before an epoch that would end after this much time (8h30m, 45m, 90s); resumable. Default: none.",
+    ),
+    ctx: typer.Context = None,
     **options,
 ):
     """Fine-tune a pretrained backbone on labels.csv + train/ and save the run."""
     from dogbreeds import training
 
+    seconds = training.Budget.parse(time_budget) if time_budget else None
+    budget = training.Budget(seconds, started=ctx.meta.get(STARTED))
     if resume is not None:
-        typer.echo(training.resume(resume).text())
+        typer.echo(training.resume(resume, budget).text())
         return
     config = from_options(TrainConfig, options)
-    typer.echo(training.train(config, run_dir=str(run_dir) if run_dir else None).text())
+    typer.echo(training.train(config, run_dir=str(run_dir) if run_dir else None, budget=budget).text())
 
 
 @app.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -85,6 +86,48 @@ class SaveProgress(keras.callbacks.Callback):
             self.run.write(Run.progress_file, json.dumps(asdict(self.progress)))
 
 
+class Budget:
+    """`--time-budget`: an epoch that would not end before the deadline, judged by the longest
+    epoch so far, is not started; the run then ends as if its epochs were done, resumable."""
+
+    def __init__(self, seconds: float | None = None, started: float | None = None):
+        """`seconds` from `started` (a time.monotonic() value: the command's start), or from now."""
+        self.deadline = None if seconds is None else (started or time.monotonic()) + seconds
+        self.longest = 0.0  # the longest epoch so far, in seconds
+        self.stopped = False
+
+    @staticmethod
+    def parse(text: str) -> float:
+        """Seconds in `8h30m`, `45m`, `90s` or `1h`."""
+        found = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+        if not text.strip() or not found:
+            raise DogbreedsError(f"--time-budget must look like 8h30m, 45m or 90s, got {text!r}")
+        hours, minutes, seconds = (int(v or 0) for v in found.groups())
+        return hours * 3600 + minutes * 60 + seconds
+
+    def allows_another(self) -> bool:
+        """Whether the next epoch should start; the first always does (there is nothing to judge by)."""
+        if self.deadline is not None and self.longest and time.monotonic() + self.longest > self.deadline:
+            self.stopped = True
+        return not self.stopped
+
+
+class KeepToBudget(keras.callbacks.Callback):
+    """Times each epoch and stops training when the budget leaves no room for another."""
+
+    def __init__(self, budget: Budget):
+        super().__init__()
+        self.budget = budget
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.budget.longest = max(self.budget.longest, time.monotonic() - self.started)
+        if not self.budget.allows_another():
+            self.model.stop_training = True
+
+
 # -- the two phases ---------------------------------------------------------------------
 
 
@@ -100,10 +143,13 @@ class TrainResult:
             how = f"{m['head']} head on {m['features']} features, trained in {m['head_seconds']:.2f} s"
         else:
             how = f"best epoch {m['best_epoch']} of {m['epochs']}"
-        return (
+        line = (
             f"run {self.run.path}: validation log loss {m['val_log_loss']:.4f} "
             f"(uniform guess {m['uniform_log_loss']:.4f}), accuracy {m['val_accuracy']:.2%}, {how}"
         )
+        if m.get("stopped_by_time_budget"):
+            line += f"; stopped by --time-budget: continue with dogbreeds train --resume {self.run.path}"
+        return line
 
 
 @dataclass
@@ -127,24 +173,29 @@ def fit_phases(
     progress: Progress,
     patience: int = 3,
     resumable: bool = True,
+    budget: Budget | None = None,
 ) -> None:
     """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
 
     A phase already in `progress.completed` is skipped; the current one (a resumed run)
     continues without recompiling, so the optimizer loaded with the model keeps its state.
     `resumable` keeps last.keras and progress.json for `--resume`; without it only the best
-    model and the epoch log are written.
+    model and the epoch log are written. A `budget` that runs out leaves the phase unfinished,
+    to be resumed.
     """
+    budget = budget or Budget()
     saver = SaveProgress(run, progress, resumable)
     verbose = 1 if sys.stdout.isatty() else 2
     for phase in phases:
         if phase.name in progress.completed:
             continue
+        if not budget.allows_another():
+            return
         if progress.phase != phase.name:
             progress.phase, progress.phase_start = phase.name, progress.epoch
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
-        callbacks = [saver]
+        callbacks = [saver, KeepToBudget(budget)]
         if phase.adaptive:
             callbacks += [
                 keras.callbacks.EarlyStopping(patience=patience),
@@ -161,6 +212,8 @@ def fit_phases(
                 shuffle=False,  # the loaders shuffle, reproducibly
                 callbacks=callbacks,
             )
+        if budget.stopped and progress.epoch < end:
+            return  # the phase goes on after --resume
         progress.completed.append(phase.name)
         if resumable:
             run.write(Run.progress_file, json.dumps(asdict(progress)))
@@ -188,14 +241,23 @@ def competition_phases(model: keras.Model, config: TrainConfig, replicas: int = 
 
 
 def _fit_competition(
-    model: keras.Model, run: Run, config: TrainConfig, data: Data, progress: Progress, replicas: int = 1
+    model: keras.Model,
+    run: Run,
+    config: TrainConfig,
+    data: Data,
+    progress: Progress,
+    replicas: int = 1,
+    budget: Budget | None = None,
 ) -> None:
     loader = make_loader(config, replicas)
     phases = competition_phases(model, config, replicas)
-    fit_phases(model, run, phases, loader.training(data.train), loader.evaluation(data.val), progress, config.patience)
+    train_data, val_data = loader.training(data.train), loader.evaluation(data.val)
+    fit_phases(model, run, phases, train_data, val_data, progress, config.patience, budget=budget)
 
 
-def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy) -> TrainResult:
+def _finish(
+    run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy, budget: Budget
+) -> TrainResult:
     """Score the best model on the validation split; metrics.json and the plot."""
     replicas = strategy.num_replicas_in_sync
     best, loader = run.load_model(), make_loader(config, replicas)
@@ -214,6 +276,7 @@ def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy:
         "precision": precision,
         "strategy": describe(strategy),
         "global_batch_size": config.batch_size * replicas,
+        "stopped_by_time_budget": budget.stopped,
     }
     run.save_metrics(metrics)
     plot_history(history, run.file(Run.plot_file), title=run.name)
@@ -226,15 +289,19 @@ def _save_skipped(run: Run, data: Data) -> None:
         log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
 
 
-def train(config: TrainConfig, run_dir: str | None = None) -> TrainResult:
+def train(config: TrainConfig, run_dir: str | None = None, budget: Budget | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
+    budget = budget or Budget()
     if config.folds > 1:
-        return train_folds(config, run_dir)
-    return _train_one(config, run_dir)
+        return train_folds(config, run_dir, budget)
+    return _train_one(config, run_dir, budget=budget)
 
 
-def _train_one(config: TrainConfig, run_dir: str | Path | None, inputs: HeadInputs | None = None) -> TrainResult:
+def _train_one(
+    config: TrainConfig, run_dir: str | Path | None, inputs: HeadInputs | None = None, budget: Budget | None = None
+) -> TrainResult:
     """One model on one split: a single run, or one fold of a k-fold run."""
+    budget = budget or Budget()
     if config.method == "features":
         return train_features(config, run_dir, inputs)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
@@ -259,8 +326,8 @@ def _train_one(config: TrainConfig, run_dir: str | Path | None, inputs: HeadInpu
         f"{describe(strategy)}) -> {run.path}"
     )
     with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
-        _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync)
-        return _finish(run, config, data, precision, strategy)
+        _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync, budget)
+        return _finish(run, config, data, precision, strategy, budget)
 
 
 def _extracted(function, *args):
@@ -343,6 +410,11 @@ def _fold_finished(run: Run) -> bool:
     return all(run.file(name).is_file() for name in (Run.model_file, Run.metrics_file, Run.val_predictions_file))
 
 
+def _stopped_early(run: Run) -> bool:
+    """A fold that --time-budget stopped: it has a model and metrics, but epochs left to train."""
+    return bool(json.loads(run.file(Run.metrics_file).read_text()).get("stopped_by_time_budget"))
+
+
 @dataclass
 class FoldsResult(TrainResult):
     """A k-fold run: its out-of-fold figures once every fold is trained."""
@@ -350,6 +422,11 @@ class FoldsResult(TrainResult):
     def text(self) -> str:
         m = self.metrics
         done = m["folds_trained"]
+        if not done:
+            return (
+                f"run {self.run.path}: no fold is trained to its end yet (--time-budget); continue with "
+                f"dogbreeds train --resume {self.run.path}"
+            )
         if len(done) < m["folds"]:
             missing = sorted(set(range(1, m["folds"] + 1)) - set(done))
             return (
@@ -365,7 +442,7 @@ class FoldsResult(TrainResult):
         )
 
 
-def train_folds(config: TrainConfig, run_dir: str | Path | None = None) -> FoldsResult:
+def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: Budget | None = None) -> FoldsResult:
     """K models on stratified folds into RUN/fold-1 ... RUN/fold-K (only --fold I when given).
 
     Finished folds are kept, a stopped fine-tuning fold resumes from its last epoch; once every
@@ -389,18 +466,21 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None) -> Folds
         cache = FeatureCache(config.cache_dir, config.batch_size)
         vectors = _extracted(labelled_vectors, cache, config, images, _readable_tests(first))
     extraction_seconds = round(time.perf_counter() - started, 2)
+    budget = budget or Budget()  # one budget for all the folds
     for i in [config.fold] if config.fold else range(1, config.folds + 1):
         fold_run, fold_config = root.fold(i), replace(config, fold=i)
-        if _fold_finished(fold_run):
+        if _fold_finished(fold_run) and not _stopped_early(fold_run):
             log.info(f"fold {i} of {config.folds} is trained: kept")
             continue
+        if not budget.allows_another():
+            break
         log.info(f"fold {i} of {config.folds} -> {fold_run.path}")
         if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
-            _resume_one(fold_run)
+            _resume_one(fold_run, budget)
         else:
             data = prepare_data(fold_config)
             inputs = vectors.head_inputs(data.train["id"], data.val["id"]) if vectors else None
-            _train_one(fold_config, fold_run.path, inputs)
+            _train_one(fold_config, fold_run.path, inputs, budget)
     result = _finish_folds(root, config, _fold_identity(config, first), images)
     if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
         result.metrics["extraction_seconds"] = extraction_seconds
@@ -415,7 +495,8 @@ def _seconds(metrics: dict) -> float:
 
 def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.DataFrame) -> FoldsResult:
     """Merge the trained folds: check they belong to one split, then oof.csv and the metrics."""
-    trained = [i for i in range(1, config.folds + 1) if _fold_finished(root.fold(i))]
+    folds = [root.fold(i) for i in range(1, config.folds + 1)]
+    trained = [i for i, fold in enumerate(folds, 1) if _fold_finished(fold) and not _stopped_early(fold)]
     fold_metrics = {}
     for i in trained:
         recorded = json.loads(root.fold(i).file(Run.fold_file).read_text())
@@ -449,16 +530,16 @@ def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.Dat
     return FoldsResult(root, metrics)
 
 
-def resume(run_ref: str) -> TrainResult:
+def resume(run_ref: str, budget: Budget | None = None) -> TrainResult:
     """Continue a stopped run from its last completed epoch, on the same split; a k-fold run
     keeps its finished folds, continues or trains the others, and merges them."""
     run = Run.open(run_ref, need_model=False)
     if run.folds > 1:
-        return train_folds(run.config(), run.path)
-    return _resume_one(run)
+        return train_folds(run.config(), run.path, budget)
+    return _resume_one(run, budget or Budget())
 
 
-def _resume_one(run: Run) -> TrainResult:
+def _resume_one(run: Run, budget: Budget) -> TrainResult:
     config = run.config()
     if config.method == "features":
         raise DogbreedsError(
@@ -478,5 +559,5 @@ def _resume_one(run: Run) -> TrainResult:
         model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
     with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
-        _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync)
-        return _finish(run, config, data, precision, strategy)
+        _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync, budget)
+        return _finish(run, config, data, precision, strategy, budget)
