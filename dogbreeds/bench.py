@@ -8,9 +8,10 @@ legacy loader's, which has no warm-up and is slow enough to time once, and the f
 submit's path, timed once each (see `_model`).
 
 Stages: the legacy ImageDataGenerator loader and the default tf.data loader with the same
-augmentation; plain decoding, and plain decoding plus resizing (the reference a loader
-cannot beat without a cache); the model's forward pass on in-memory tensors and submit's
-prediction path from the files; and a fine-tuning epoch on in-memory tensors and from the
+augmentation, and with the strong recipe's batch augmentation; plain decoding, and plain
+decoding plus resizing (the reference a loader cannot beat without a cache); the model's
+forward pass on in-memory tensors and submit's prediction path from the files; and a
+fine-tuning epoch on in-memory tensors and from the
 files, which says whether the input pipeline hides behind the model.
 """
 
@@ -47,6 +48,7 @@ PHOTO_SIZE = (500, 375)  # what a typical Kaggle dog photo costs to decode
 
 TARGETS = {  # ratio: (numerator, denominator, the least it should be, what it says)
     "tfdata_vs_legacy": ("tfdata_loader", "legacy_loader", 4.0, "default loader / legacy loader"),
+    "strong_vs_legacy": ("tfdata_strong", "legacy_loader", 3.0, "default loader, --recipe strong / legacy loader"),
     "tfdata_vs_decode_resize": ("tfdata_loader", "decode_resize", 0.6, "default loader / decode + resize"),
     "submit_vs_forward": ("submit", "forward", 0.9, "submit path / forward pass"),
     "epoch_vs_steps": ("fit_from_files", "fit_in_memory", 1 / 1.1, "epoch from files / in-memory steps (speed)"),
@@ -173,6 +175,7 @@ def bench(
         image_size=image_size,
         batch_size=batch_size,
         precision=precision,
+        recipe="classic",  # the loader stages compare like with like; the strong recipe has its own
     )
     get_backbone(backbone)  # an unknown name fails before any work
     load_before = os.getloadavg()[0]
@@ -214,7 +217,7 @@ def bench(
 
 def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> None:
     n, size = len(train), config.image_size
-    legacy = make_loader(replace(config, loader="legacy")).training(train)
+    legacy = make_loader(replace(config.with_recipe("classic"), loader="legacy")).training(train)
     seconds = _timed(lambda: [legacy[i] for i in range(len(legacy))])  # what fit does with it: one thread
     result.stages.append(Stage("legacy_loader", "legacy loader (ImageDataGenerator), augmented", n, seconds))
 
@@ -222,6 +225,11 @@ def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> N
     _drain(fast)  # the first epoch compiles the warp
     seconds = _timed(lambda: _drain(fast), repeats=3)
     result.stages.append(Stage("tfdata_loader", "default loader (tf.data), augmented", n, seconds))
+    classes = int(train["label"].max()) + 1
+    strong = make_loader(config.with_recipe("strong"), classes=classes).training(train)
+    _drain(strong)
+    what = "default loader, --recipe strong (its batch augmentation)"
+    result.stages.append(Stage("tfdata_strong", what, n, _timed(lambda: _drain(strong), repeats=3)))
     cached = make_loader(replace(config, cache_images="memory")).training(train)
     _drain(cached)  # the first epoch fills the cache
     what = "default loader, --cache-images memory, later epochs"

@@ -22,7 +22,16 @@ from typing import Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from dogbreeds.config import PRECISIONS, STRATEGIES, CifarConfig, TrainConfig, flag_of, from_options, option_fields
+from dogbreeds.config import (
+    PRECISIONS,
+    STRATEGIES,
+    CifarConfig,
+    TrainConfig,
+    flag_of,
+    from_options,
+    is_flag,
+    option_fields,
+)
 from dogbreeds.errors import DogbreedsError, log
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
@@ -112,7 +121,7 @@ def with_config_options(config_class):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             if spec.choices:
                 kind = Literal[spec.choices]
-            decls = [f"{name}/--no-{name[2:]}"] if kind is bool else [name]
+            decls = [f"{name}/--no-{name[2:]}"] if is_flag(kind) else [name]
             parameter = typer.Option(default, *decls, help=spec.help)
             keyword = inspect.Parameter.KEYWORD_ONLY
             declared.append(inspect.Parameter(f.name, keyword, default=parameter, annotation=kind))
@@ -313,11 +322,12 @@ def cifar(
 
 @app.command()
 def backbones():
-    """List the registered backbones with their native input size."""
+    """List the registered backbones: parameters, native input size, what their weights saw."""
     from dogbreeds.models import BACKBONES
 
+    typer.echo(f"{'backbone':22s} {'parameters':>12s} {'native':>7s}  pretrained on")
     for spec in BACKBONES.values():
-        typer.echo(f"{spec.name:22s} native size {spec.native_size}")
+        typer.echo(f"{spec.name:22s} {spec.parameters / 1e6:11.1f}M {spec.native_size:5d}px  {spec.pretraining}")
 
 
 @app.command()

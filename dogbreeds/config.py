@@ -31,7 +31,7 @@ class Option:
     choices: tuple[str, ...] = ()
     at_least: float | None = None  # inclusive lower bound
     positive: bool = False
-    within: tuple[float, float, str] | None = None  # (low, high, "[)" or "()")
+    within: tuple[float, float, str] | None = None  # (low, high, ends: "[)", "()", "(]" or "[]")
     shown_default: str | None = None  # the README's default column, where the value alone says too little
     table: str | None = None  # the README's meaning column, where it says more than --help
 
@@ -48,11 +48,12 @@ class Option:
             return f"must be positive, got {value}"
         if self.within is not None:
             low, high, ends = self.within
-            inside = (low <= value < high) if ends == "[)" else (low < value < high)
-            if not inside:
-                if ends == "[)":
-                    return f"must be in [{low:g}, {high:g}), got {value}"
-                return f"must be between {low:g} and {high:g}, got {value}"
+            above = low <= value if ends[0] == "[" else low < value
+            below = value <= high if ends[1] == "]" else value < high
+            if not (above and below):
+                if ends == "()":
+                    return f"must be between {low:g} and {high:g}, got {value}"
+                return f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {value}"
         return None
 
 
@@ -64,6 +65,11 @@ def option(default=dataclasses.MISSING, help: str = "", *, default_factory=datac
 def flag_of(f: dataclasses.Field) -> str:
     spec: Option = f.metadata["option"]
     return spec.flag or "--" + f.name.replace("_", "-")
+
+
+def is_flag(kind) -> bool:
+    """An on/off option (--x/--no-x); `bool | None` is one whose default comes from elsewhere."""
+    return kind is bool or kind == (bool | None)
 
 
 def option_fields(cls) -> list[tuple[dataclasses.Field, type, tuple[str, ...]]]:
@@ -124,7 +130,7 @@ def option_table(cls) -> str:
     for f, kind, _ in option_fields(cls):
         spec: Option = f.metadata["option"]
         name = flag_of(f)
-        if kind is bool:
+        if is_flag(kind):
             name = f"{name}/--no-{name[2:]}"
         meaning = spec.table or spec.help
         if spec.choices:
@@ -151,6 +157,56 @@ class Augmentation:
     @property
     def enabled(self) -> bool:
         return self.flip or bool(self.rotation or self.shift or self.zoom)
+
+
+@dataclass
+class BatchAugmentation:
+    """What a whole training batch goes through after the warp: RandAugment's photometric
+    operations and random erasing on its pixels, then label smoothing, MixUp and CutMix on its
+    targets. None means the value of --recipe."""
+
+    randaugment: int | None = option(
+        None, "RandAugment: photometric operations per batch (0: off).", at_least=0, shown_default="recipe"
+    )
+    randaugment_magnitude: float | None = option(
+        None, "RandAugment strength, 0 to 1 (Keras' factor).", within=(0, 1, "(]"), shown_default="recipe"
+    )
+    random_erasing: float | None = option(
+        None, "Probability that an image gets a rectangle of noise (0: off).", within=(0, 1, "[]"),
+        shown_default="recipe",
+    )  # fmt: skip
+    mixup: float | None = option(None, "MixUp alpha (0: off).", at_least=0, shown_default="recipe")
+    cutmix: float | None = option(
+        None, "CutMix alpha (0: off); with --mixup, each batch gets one of the two.", at_least=0,
+        shown_default="recipe",
+    )  # fmt: skip
+    label_smoothing: float | None = option(
+        None, "Share of each target spread over all classes (0: off).", within=(0, 1, "[)"), shown_default="recipe"
+    )
+
+    @property
+    def soft_targets(self) -> bool:
+        """The targets become distributions over the classes, not class indices."""
+        return bool(self.label_smoothing or self.mixup or self.cutmix)
+
+    @property
+    def enabled(self) -> bool:
+        return self.soft_targets or bool(self.randaugment or self.random_erasing)
+
+
+# A recipe is a set of defaults; any option given on the command line overrides its value.
+RECIPES: dict[str, dict] = {
+    # The seed's recipe: the warp's flips, turns, shifts and zooms, Adam, rate cuts on plateaus.
+    "classic": dict(
+        randaugment=0, randaugment_magnitude=0.5, random_erasing=0.0, mixup=0.0, cutmix=0.0,
+        label_smoothing=0.0, schedule="plateau", warmup_epochs=0, ema=False,
+    ),
+    # What measured best on top of it (docs/recipes.md).
+    "strong": dict(
+        randaugment=0, randaugment_magnitude=0.5, random_erasing=0.0, mixup=0.2, cutmix=0.0,
+        label_smoothing=0.1, schedule="cosine", warmup_epochs=1, ema=True,
+    ),
+}  # fmt: skip
 
 
 @dataclass
@@ -251,8 +307,29 @@ class TrainConfig:
         2, "features: views per training image (plain, mirror, then augmented).", at_least=1
     )
     tta: bool = option(True, "features: validate on the average of each image and its mirror.")
+    recipe: str = option(
+        "classic",
+        "Defaults of the options below: classic (the seed's) or strong (mixing, smoothing, cosine, EMA).",
+        choices=tuple(RECIPES),
+    )
+    schedule: str | None = option(
+        None,
+        "plateau: cut the rate when validation stalls, stop early; cosine: warm up, then a cosine decay.",
+        choices=("plateau", "cosine"),
+        shown_default="recipe",
+    )
+    warmup_epochs: int | None = option(
+        None, "cosine: epochs of linear warm-up at the start of each phase.", at_least=0, shown_default="recipe"
+    )
+    ema: bool | None = option(
+        None,
+        "Validate, keep and save an exponential moving average of the weights (Keras' use_ema).",
+        shown_default="recipe",
+    )
+    ema_momentum: float = option(0.99, "--ema: the average's momentum per step.", within=(0, 1, "()"))
     cache_dir: str = option("cache", "features: where extracted features are cached.")
     augmentation: Augmentation = field(default_factory=Augmentation)
+    batch_augmentation: BatchAugmentation = field(default_factory=BatchAugmentation)
     mode: str = "competition"  # what kind of run folder this config makes
     version: str = __version__
     run_format: int = RUN_FORMAT
@@ -260,9 +337,20 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.augmentation, dict):
             self.augmentation = Augmentation(**self.augmentation)
+        if isinstance(self.batch_augmentation, dict):
+            self.batch_augmentation = BatchAugmentation(**self.batch_augmentation)
+        if self.recipe in RECIPES:
+            self._fill_from_recipe()
         if self.method == "finetune" and self.image_size is None:
             self.image_size = 331  # the competition setting
         self.validate()
+
+    def _fill_from_recipe(self) -> None:
+        """Options left at None take the recipe's value, so config.json records every value used."""
+        for owner in (self, self.batch_augmentation):
+            for name, value in RECIPES[self.recipe].items():
+                if hasattr(owner, name) and getattr(owner, name) is None:
+                    setattr(owner, name, value)
 
     @property
     def backbones(self) -> list[str]:
@@ -297,8 +385,19 @@ class TrainConfig:
                     self.cache_images == "none" or self.loader == "tfdata",
                     "--cache-images works with --loader tfdata only; drop it or use the default loader",
                 ),
+                (
+                    not self.batch_augmentation.enabled or self.loader == "tfdata",
+                    "--loader legacy cannot do RandAugment, erasing, MixUp, CutMix or label smoothing; "
+                    "use --recipe classic without them, or the default loader",
+                ),
             ]
         )
+
+    def with_recipe(self, recipe: str) -> "TrainConfig":
+        """This config with another recipe's values in place of its current recipe's."""
+        reset = {name: None for name in RECIPES[recipe] if hasattr(self, name)}
+        batch = BatchAugmentation()
+        return dataclasses.replace(self, recipe=recipe, batch_augmentation=batch, **reset)
 
     @property
     def pretrained(self) -> bool:
@@ -323,6 +422,7 @@ class TrainConfig:
                 f"{source} was written by dogbreeds {raw.get('version', 'before 0.1')} in another run format; "
                 f"this is dogbreeds {__version__}: train a new run, or install that version to use this one"
             )
+        raw.setdefault("recipe", "classic")  # runs from before recipes were trained with this one
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:

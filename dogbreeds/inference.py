@@ -28,8 +28,9 @@ from dogbreeds.pipeline import LOADERS, Loader
 from dogbreeds.runs import Run
 
 
-def make_loader(config: TrainConfig, replicas: int = 1) -> Loader:
-    """The configured loader; its batches are global: --batch-size per replica, times the replicas."""
+def make_loader(config: TrainConfig, replicas: int = 1, classes: int = 0) -> Loader:
+    """The configured loader; its batches are global: --batch-size per replica, times the replicas.
+    Training batches get target distributions over `classes` when the batch augmentation makes them."""
     return LOADERS[config.loader](
         image_size=config.image_size,
         batch_size=config.batch_size * replicas,
@@ -38,6 +39,8 @@ def make_loader(config: TrainConfig, replicas: int = 1) -> Loader:
         seed=config.seed,
         cache=config.cache_images,
         replicas=replicas,
+        batch_augmentation=config.batch_augmentation,
+        classes=classes,
     )
 
 

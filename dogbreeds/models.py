@@ -24,6 +24,8 @@ class Backbone:
     preprocess: Callable  # float32 RGB in [0, 255] -> what the network was trained on
     native_size: int
     min_size: int = 32
+    parameters: int = 0  # without the top, as keras counts them
+    pretraining: str = "ImageNet-1k"  # what its `imagenet` weights were trained on
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -34,20 +36,46 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
-for _name, _build, _module, _size, _min in [
-    ("inception_resnet_v2", apps.InceptionResNetV2, apps.inception_resnet_v2, 299, 75),
-    ("xception", apps.Xception, apps.xception, 299, 71),
-    ("inception_v3", apps.InceptionV3, apps.inception_v3, 299, 75),
-    ("resnet50", apps.ResNet50, apps.resnet50, 224, 32),
-    ("mobilenet_v2", apps.MobileNetV2, apps.mobilenet_v2, 224, 32),
-    ("efficientnet_b0", apps.EfficientNetB0, apps.efficientnet, 224, 32),
-    ("efficientnet_b1", apps.EfficientNetB1, apps.efficientnet, 240, 32),
-    ("efficientnet_b2", apps.EfficientNetB2, apps.efficientnet, 260, 32),
-    ("efficientnet_b3", apps.EfficientNetB3, apps.efficientnet, 300, 32),
-    ("efficientnet_v2_s", apps.EfficientNetV2S, apps.efficientnet_v2, 384, 32),
-    ("convnext_tiny", apps.ConvNeXtTiny, apps.convnext, 224, 32),
+IN1K, IN21K = "ImageNet-1k", "ImageNet-21k, then 1k"  # Keras' ConvNeXt base, large and xlarge saw 21k first
+
+# name, builder, module (its preprocess_input), native size, smallest size, parameters without the top
+for _name, _build, _module, _size, _min, _parameters, _pretraining in [
+    ("inception_resnet_v2", apps.InceptionResNetV2, apps.inception_resnet_v2, 299, 75, 54_336_736, IN1K),
+    ("nasnet_large", apps.NASNetLarge, apps.nasnet, 331, 32, 84_916_818, IN1K),
+    ("nasnet_mobile", apps.NASNetMobile, apps.nasnet, 224, 32, 4_269_716, IN1K),
+    ("xception", apps.Xception, apps.xception, 299, 71, 20_861_480, IN1K),
+    ("inception_v3", apps.InceptionV3, apps.inception_v3, 299, 75, 21_802_784, IN1K),
+    ("resnet50", apps.ResNet50, apps.resnet50, 224, 32, 23_587_712, IN1K),
+    ("resnet50_v2", apps.ResNet50V2, apps.resnet_v2, 224, 32, 23_564_800, IN1K),
+    ("resnet101_v2", apps.ResNet101V2, apps.resnet_v2, 224, 32, 42_626_560, IN1K),
+    ("resnet152_v2", apps.ResNet152V2, apps.resnet_v2, 224, 32, 58_331_648, IN1K),
+    ("densenet121", apps.DenseNet121, apps.densenet, 224, 32, 7_037_504, IN1K),
+    ("densenet169", apps.DenseNet169, apps.densenet, 224, 32, 12_642_880, IN1K),
+    ("densenet201", apps.DenseNet201, apps.densenet, 224, 32, 18_321_984, IN1K),
+    ("mobilenet_v2", apps.MobileNetV2, apps.mobilenet_v2, 224, 32, 2_257_984, IN1K),
+    ("mobilenet_v3_large", apps.MobileNetV3Large, apps.mobilenet_v3, 224, 32, 2_996_352, IN1K),
+    ("efficientnet_b0", apps.EfficientNetB0, apps.efficientnet, 224, 32, 4_049_571, IN1K),
+    ("efficientnet_b1", apps.EfficientNetB1, apps.efficientnet, 240, 32, 6_575_239, IN1K),
+    ("efficientnet_b2", apps.EfficientNetB2, apps.efficientnet, 260, 32, 7_768_569, IN1K),
+    ("efficientnet_b3", apps.EfficientNetB3, apps.efficientnet, 300, 32, 10_783_535, IN1K),
+    ("efficientnet_b4", apps.EfficientNetB4, apps.efficientnet, 380, 32, 17_673_823, IN1K),
+    ("efficientnet_b5", apps.EfficientNetB5, apps.efficientnet, 456, 32, 28_513_527, IN1K),
+    ("efficientnet_b6", apps.EfficientNetB6, apps.efficientnet, 528, 32, 40_960_143, IN1K),
+    ("efficientnet_b7", apps.EfficientNetB7, apps.efficientnet, 600, 32, 64_097_687, IN1K),
+    ("efficientnet_v2_b0", apps.EfficientNetV2B0, apps.efficientnet_v2, 224, 32, 5_919_312, IN1K),
+    ("efficientnet_v2_b1", apps.EfficientNetV2B1, apps.efficientnet_v2, 240, 32, 6_931_124, IN1K),
+    ("efficientnet_v2_b2", apps.EfficientNetV2B2, apps.efficientnet_v2, 260, 32, 8_769_374, IN1K),
+    ("efficientnet_v2_b3", apps.EfficientNetV2B3, apps.efficientnet_v2, 300, 32, 12_930_622, IN1K),
+    ("efficientnet_v2_s", apps.EfficientNetV2S, apps.efficientnet_v2, 384, 32, 20_331_360, IN1K),
+    ("efficientnet_v2_m", apps.EfficientNetV2M, apps.efficientnet_v2, 480, 32, 53_150_388, IN1K),
+    ("efficientnet_v2_l", apps.EfficientNetV2L, apps.efficientnet_v2, 480, 32, 117_746_848, IN1K),
+    ("convnext_tiny", apps.ConvNeXtTiny, apps.convnext, 224, 32, 27_820_128, IN1K),
+    ("convnext_small", apps.ConvNeXtSmall, apps.convnext, 224, 32, 49_454_688, IN1K),
+    ("convnext_base", apps.ConvNeXtBase, apps.convnext, 224, 32, 87_566_464, IN21K),
+    ("convnext_large", apps.ConvNeXtLarge, apps.convnext, 224, 32, 196_230_336, IN21K),
+    ("convnext_xlarge", apps.ConvNeXtXLarge, apps.convnext, 224, 32, 348_147_968, IN21K),
 ]:
-    register(Backbone(_name, _build, _module.preprocess_input, _size, _min))
+    register(Backbone(_name, _build, _module.preprocess_input, _size, _min, _parameters, _pretraining))
 
 
 def _tiny_cnn(include_top=False, weights=None, input_shape=None) -> keras.Model:
@@ -66,7 +94,7 @@ def _tiny_cnn(include_top=False, weights=None, input_shape=None) -> keras.Model:
     return model
 
 
-register(Backbone("tiny_cnn", _tiny_cnn, apps.mobilenet_v2.preprocess_input, 64))
+register(Backbone("tiny_cnn", _tiny_cnn, apps.mobilenet_v2.preprocess_input, 64, parameters=61_040, pretraining="none"))
 
 
 def get_backbone(name: str) -> Backbone:

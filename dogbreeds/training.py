@@ -16,6 +16,7 @@ import math
 import re
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -55,12 +56,28 @@ class Progress:
     completed: list[str] = field(default_factory=list)
 
 
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """`--ema`: Keras validates with the optimizer's moving average of the weights; this also
+    lends it to SaveProgress for the best model. The last model keeps the raw weights and the
+    average in its optimizer, so that a resumed run goes on exactly; fit leaves the average in
+    the model when a phase ends."""
+
+    @contextmanager
+    def holding_average(self):
+        self._swap_variables()
+        try:
+            yield
+        finally:
+            self._swap_variables()
+
+
 class SaveProgress(keras.callbacks.Callback):
     """After each epoch: the epoch log, the best model, the last model, then progress.json."""
 
     def __init__(self, run: Run, progress: Progress, resumable: bool = True):
         super().__init__()
         self.run, self.progress, self.resumable = run, progress, resumable
+        self.averaged: AveragedWeights | None = None  # set by fit_phases for an optimizer with use_ema
         log_path = run.file(Run.log_file)
         rows = pd.read_csv(log_path).head(progress.epoch) if log_path.is_file() and progress.epoch else pd.DataFrame()
         self.rows = rows.to_dict("records")
@@ -79,7 +96,8 @@ class SaveProgress(keras.callbacks.Callback):
         self.run.write(Run.log_file, pd.DataFrame(self.rows).to_csv(index=False))
         if logs.get("val_loss", math.inf) < self.best:
             self.best = logs["val_loss"]
-            self.run.save_model(self.model)
+            with self.averaged.holding_average() if self.averaged else nullcontext():
+                self.run.save_model(self.model)
         self.progress.epoch = epoch + 1
         if self.resumable:
             self.run.save_model(self.model, Run.last_file)
@@ -161,7 +179,7 @@ class Phase:
     optimizer: Callable[[], keras.optimizers.Optimizer]
     prepare: Callable[[], None] = lambda: None  # set which layers train, before compiling
     adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
-    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"
+    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"  # categorical_: target distributions
 
 
 def fit_phases(
@@ -196,13 +214,17 @@ def fit_phases(
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
         callbacks = [saver, KeepToBudget(budget)]
+        saver.averaged = AveragedWeights() if getattr(model.optimizer, "use_ema", False) else None
+        if saver.averaged:
+            callbacks.insert(0, saver.averaged)
         if phase.adaptive:
             callbacks += [
                 keras.callbacks.EarlyStopping(patience=patience),
                 keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, patience - 1), min_lr=1e-7),
             ]
         end = progress.phase_start + phase.epochs
-        if progress.epoch < end:
+        fits = progress.epoch < end
+        if fits:
             model.fit(
                 train_data,
                 validation_data=val_data,
@@ -216,13 +238,18 @@ def fit_phases(
             return  # the phase goes on after --resume
         progress.completed.append(phase.name)
         if resumable:
+            if saver.averaged and fits:  # the next phase starts from the average, resumed or not
+                run.save_model(model, Run.last_file)
             run.write(Run.progress_file, json.dumps(asdict(progress)))
 
 
-def competition_phases(model: keras.Model, config: TrainConfig, replicas: int = 1) -> list[Phase]:
+def competition_phases(
+    model: keras.Model, config: TrainConfig, replicas: int = 1, steps_per_epoch: int = 1
+) -> list[Phase]:
     """Frozen backbone at --learning-rate, then fine-tuning at a hundredth of it.
 
-    Rates follow the global batch (the linear scaling rule).
+    Rates follow the global batch (the linear scaling rule). With --schedule cosine each phase
+    warms up, then decays to zero by its last step; with --ema the optimizer keeps the average.
     """
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
@@ -233,10 +260,30 @@ def competition_phases(model: keras.Model, config: TrainConfig, replicas: int = 
         n = set_trainable(backbone, config.fine_tune_layers, pretrained=config.pretrained)
         log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {fine_tune_lr:g}")
 
+    def adam(rate: float, epochs: int):
+        def make():
+            if config.schedule == "cosine":
+                warmup = min(config.warmup_epochs, epochs) * steps_per_epoch
+                rate_at = keras.optimizers.schedules.CosineDecay(
+                    0.0 if warmup else rate,
+                    decay_steps=max(1, epochs * steps_per_epoch - warmup),
+                    warmup_target=rate if warmup else None,
+                    warmup_steps=warmup,
+                )
+            else:
+                rate_at = rate
+            return keras.optimizers.Adam(rate_at, use_ema=config.ema, ema_momentum=config.ema_momentum)
+
+        return make
+
     learning_rate, fine_tune_lr = config.learning_rate * replicas, config.fine_tune_lr * replicas
+    adaptive = config.schedule == "plateau"
+    soft = config.batch_augmentation.soft_targets
+    loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
+    frozen, fine_tune = config.epochs, config.fine_tune_epochs
     return [
-        Phase("frozen", config.epochs, lambda: keras.optimizers.Adam(learning_rate), freeze),
-        Phase("fine_tune", config.fine_tune_epochs, lambda: keras.optimizers.Adam(fine_tune_lr), unfreeze),
+        Phase("frozen", frozen, adam(learning_rate, frozen), freeze, adaptive, loss),
+        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune), unfreeze, adaptive, loss),
     ]
 
 
@@ -249,9 +296,12 @@ def _fit_competition(
     replicas: int = 1,
     budget: Budget | None = None,
 ) -> None:
-    loader = make_loader(config, replicas)
-    phases = competition_phases(model, config, replicas)
+    classes = len(data.competition.classes)
+    loader = make_loader(config, replicas, classes)
+    phases = competition_phases(model, config, replicas, math.ceil(len(data.train) / loader.batch_size))
     train_data, val_data = loader.training(data.train), loader.evaluation(data.val)
+    if config.batch_augmentation.soft_targets:  # the same loss scores plain labels as distributions
+        val_data = val_data.map(lambda images, labels: (images, tf.one_hot(labels, classes)))
     fit_phases(model, run, phases, train_data, val_data, progress, config.patience, budget=budget)
 
 

@@ -9,6 +9,7 @@ from conftest import dogbreeds
 STAGES = {
     "legacy_loader",
     "tfdata_loader",
+    "tfdata_strong",
     "tfdata_cached",
     "decode",
     "decode_resize",
@@ -45,6 +46,7 @@ def test_bench_measures_every_stage_on_generated_photos(tmp_path):
         assert stage["images"] > 0 and stage["seconds"] > 0 and stage["images_per_second"] > 0, stage
     assert set(figures["ratios"]) == {
         "tfdata_vs_legacy",
+        "strong_vs_legacy",
         "tfdata_vs_decode_resize",
         "submit_vs_forward",
         "epoch_vs_steps",

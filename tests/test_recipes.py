@@ -1,0 +1,149 @@
+"""Issue 16's recipe options: batch augmentation in training batches only, reproducible, soft
+targets that stay distributions, the moving average of the weights saved, `--recipe classic`
+as before, and the backbones' table."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from dogbreeds.config import RECIPES, Augmentation, BatchAugmentation, TrainConfig
+from dogbreeds.pipeline import TFDataLoader
+from dogbreeds.training import competition_phases
+from tests.conftest import TINY, dogbreeds
+
+CLASSES = 3
+
+
+def frame_of(competition, n=16):
+    labels = pd.read_csv(competition / "labels.csv").head(n)
+    return pd.DataFrame(
+        {"path": [str(competition / "train" / f"{i}.jpg") for i in labels["id"]], "label": np.arange(n) % CLASSES}
+    )
+
+
+def loader(seed=0, **batch):
+    return TFDataLoader(
+        image_size=40,
+        batch_size=8,
+        preprocess=lambda x: x / 127.5 - 1.0,
+        augmentation=Augmentation.none(),  # the warp leaves the pixels alone: any change is the batch's
+        seed=seed,
+        batch_augmentation=BatchAugmentation(**batch),
+        classes=CLASSES,
+    )
+
+
+def epoch(ds):
+    images, targets = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.concatenate(images), np.concatenate(targets)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"randaugment": 1, "randaugment_magnitude": 1.0}, {"random_erasing": 1.0}, {"mixup": 0.4}, {"cutmix": 1.0}],
+)
+def test_each_batch_augmentation_changes_training_images_only(competition, options):
+    frame = frame_of(competition)
+    plain_images, labels = epoch(loader().training(frame))
+    images, targets = epoch(loader(**options).training(frame))
+    assert images.shape == plain_images.shape and -1.001 <= images.min() and images.max() <= 1.001
+    assert np.abs(images - plain_images).max() > 0.1
+    if "mixup" in options or "cutmix" in options:
+        assert targets.shape == (len(frame), CLASSES)
+        np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+        assert (targets.max(axis=1) < 0.999).any()  # some targets mix two classes
+        assert (targets[np.arange(len(frame)), labels] > 0).all()  # each image keeps a share of its own class
+        assert ((targets > 1e-6).sum(axis=1) <= 2).all()  # and of one other image's at most
+    else:
+        np.testing.assert_array_equal(targets, labels)  # pixels only: the labels stay class indices
+    for method in ("evaluation", "prediction"):
+        augmented, plain = getattr(loader(**options), method)(frame), getattr(loader(), method)(frame)
+        for a, b in zip(augmented, plain):
+            np.testing.assert_array_equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+
+
+def test_label_smoothing_targets(competition):
+    frame = frame_of(competition)
+    _, labels = epoch(loader().training(frame))
+    _, targets = epoch(loader(label_smoothing=0.3).training(frame))
+    expected = np.eye(CLASSES)[labels] * 0.7 + 0.1
+    np.testing.assert_allclose(targets, expected, atol=1e-6)
+
+
+def test_the_same_seed_gives_the_same_batches(competition):
+    frame = frame_of(competition)
+    options = {"randaugment": 2, "random_erasing": 0.5, "mixup": 0.4, "cutmix": 1.0, "label_smoothing": 0.1}
+    first, again, other = (epoch(loader(seed, **options).training(frame)) for seed in (3, 3, 4))
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(first[0], other[0])
+
+
+def test_classic_is_the_seed_recipe():
+    config = TrainConfig(recipe="classic")
+    assert (config.schedule, config.warmup_epochs, config.ema) == ("plateau", 0, False)
+    assert not config.batch_augmentation.enabled
+    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    phases = competition_phases(keras.Sequential([keras.Input((4,)), backbone, keras.layers.Dense(2)]), config)
+    for phase, rate in zip(phases, (config.learning_rate, config.fine_tune_lr)):
+        optimizer = phase.optimizer()
+        assert type(optimizer) is keras.optimizers.Adam and not optimizer.use_ema
+        assert float(optimizer.learning_rate) == pytest.approx(rate)
+        assert phase.adaptive and phase.loss == "sparse_categorical_crossentropy"
+
+
+def test_options_override_the_recipe_and_old_runs_read_as_classic():
+    config = TrainConfig(recipe="strong", ema=False, batch_augmentation=BatchAugmentation(mixup=0.0))
+    assert config.ema is False and config.batch_augmentation.mixup == 0.0
+    assert config.schedule == RECIPES["strong"]["schedule"]
+    assert TrainConfig.from_json(config.to_json()) == config
+    old = json.loads(TrainConfig(recipe="classic").to_json())
+    for name in ("recipe", "schedule", "warmup_epochs", "ema", "ema_momentum", "batch_augmentation"):
+        old.pop(name)
+    assert TrainConfig.from_json(json.dumps(old)) == TrainConfig(recipe="classic")
+
+
+def test_a_strong_run_records_its_options_and_saves_the_moving_average(competition, tmp_path):
+    run = tmp_path / "run"
+    result = dogbreeds(
+        "train", "--data", competition, *TINY, "--epochs", 1, "--fine-tune-epochs", 0, "--recipe", "strong",
+        "--randaugment", 1, "--ema-momentum", 0.5, "--run-dir", run,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == "strong" and config["ema"] is True and config["schedule"] == "cosine"
+    assert config["batch_augmentation"]["randaugment"] == 1
+    assert config["batch_augmentation"]["mixup"] == RECIPES["strong"]["mixup"]
+    best = keras.models.load_model(run / "model.keras")
+    last = keras.models.load_model(run / "last.keras")
+    averages = [v.numpy() for v in last.optimizer._model_variables_moving_average]
+    assert len(averages) == len(best.trainable_weights) > 0
+    for average, weight in zip(averages, best.trainable_weights):
+        np.testing.assert_allclose(weight.numpy(), average, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--randaugment-magnitude", "1.5"], "--randaugment-magnitude must be in (0, 1], got 1.5"),
+        (["--loader", "legacy", "--mixup", "0.2"], "--loader legacy cannot do RandAugment"),
+        (["--recipe", "fancy"], "Invalid value for '--recipe'"),
+    ],
+)
+def test_bad_recipe_options_get_one_line(competition, args, message):
+    result = dogbreeds("train", "--data", competition, *TINY, *args)
+    assert result.returncode != 0 and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_backbones_lists_parameters_size_and_pretraining():
+    result = dogbreeds("backbones")
+    assert result.returncode == 0
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
+    assert "331px" in rows["nasnet_large"] and "ImageNet-21k" in rows["convnext_xlarge"]
+    assert "348.1M" in rows["convnext_xlarge"] and "ImageNet-1k" in rows["convnext_small"]
