@@ -13,6 +13,7 @@ from dogbreeds.config import TrainConfig, option_table
 
 PACKAGE = Path(dogbreeds.__file__).parent
 README = PACKAGE.parent / "README.md"
+OPTIONS_PAGE = PACKAGE.parent / "docs" / "options.md"
 
 # Lowest first: a module imports only from layers below its own (docs/design.md draws them).
 LAYERS = [

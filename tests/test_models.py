@@ -24,15 +24,30 @@ def test_registry_has_the_competition_backbones():
     assert REQUIRED <= set(BACKBONES)
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+# Building takes seconds a backbone: the suite builds the competition's and one of each other
+# family (its own preprocessing); `pytest -m slow` builds the rest (docs/recipes.md has its time).
+QUICK = sorted(REQUIRED | {"tiny_cnn", "nasnet_mobile", "densenet121", "mobilenet_v3_large", "resnet50_v2"})
+OTHERS = sorted(set(BACKBONES) - set(QUICK))
+
+
+@pytest.mark.parametrize("name", QUICK)
 def test_every_backbone_builds_and_classifies(name):
     size = max(BACKBONES[name].min_size, 64)
     backbone = build_backbone(name, "none", size)
+    assert backbone.count_params() == BACKBONES[name].parameters  # what `dogbreeds backbones` shows
     model = build_classifier(backbone, 5, pretrained=False)
     images = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
     probabilities = model.predict(BACKBONES[name].preprocess(images), verbose=0)
     assert probabilities.shape == (2, 5) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_every_other_backbone_builds_with_the_parameters_shown():
+    for name in OTHERS:
+        backbone = build_backbone(name, "none", BACKBONES[name].min_size)
+        assert backbone.count_params() == BACKBONES[name].parameters, name
+        keras.backend.clear_session()
 
 
 def test_weights_file_is_loaded(tmp_path):
