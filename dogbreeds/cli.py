@@ -321,6 +321,28 @@ def backbones():
 
 
 @app.command()
+def weights(
+    names: list[str] = typer.Argument(..., help="Backbones (see `dogbreeds backbones`)."),
+    image_size: Optional[int] = typer.Option(None, help="Input size (MobileNetV2: a file per size). Default: native."),
+    download: Optional[Path] = typer.Option(
+        None, "--download", help="Download each file without the top into this folder, to attach as a Kaggle dataset."
+    ),
+):
+    """The ImageNet weights files `--weights imagenet` looks for offline, with their URLs."""
+    from dogbreeds.models import download_imagenet, get_backbone
+
+    for name in names:
+        spec = get_backbone(name)
+        size = image_size or spec.native_size
+        urls = spec.imagenet_urls(size)
+        typer.echo(f"{name} at {size} px:" + ("" if urls else " no ImageNet weights"))
+        for url, which in zip(urls, ("without the top (what is loaded)", "with the top (also found)")):
+            typer.echo(f"  {url.rsplit('/', 1)[-1]}  {which}\n    {url}")
+        if download is not None:
+            typer.echo(f"  downloaded {download_imagenet(name, size, download)}")
+
+
+@app.command()
 def demo(
     folder: Path = typer.Option(Path("demo"), "--dir", help="Where the generated competition and run go."),
     backbone: str = typer.Option("tiny_cnn", help="Backbone to train from scratch (no download)."),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +13,11 @@ from typing import Callable
 import keras
 from keras import layers
 
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.places import kaggle_root
 
 apps = keras.applications
+GOOGLE_STORAGE = "https://storage.googleapis.com/"
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,16 @@ class Backbone:
     preprocess: Callable  # float32 RGB in [0, 255] -> what the network was trained on
     native_size: int
     min_size: int = 32
+    imagenet: str = ""  # keras.applications' ImageNet file without the top, under GOOGLE_STORAGE ("": none)
+    imagenet_sizes: tuple[int, ...] = ()  # input sizes with a file each ({rows}); other sizes take the last
+
+    def imagenet_urls(self, image_size: int) -> list[str]:
+        """Where Keras downloads the ImageNet file without the top, then the one with it."""
+        if not self.imagenet:
+            return []
+        rows = image_size if image_size in self.imagenet_sizes or not self.imagenet_sizes else self.imagenet_sizes[-1]
+        no_top = GOOGLE_STORAGE + self.imagenet.format(rows=rows)
+        return [no_top, re.sub(r"[_-]no_?-?top", "", no_top)]
 
 
 BACKBONES: dict[str, Backbone] = {}
@@ -34,20 +49,31 @@ def register(backbone: Backbone) -> Backbone:
     return backbone
 
 
-for _name, _build, _module, _size, _min in [
-    ("inception_resnet_v2", apps.InceptionResNetV2, apps.inception_resnet_v2, 299, 75),
-    ("xception", apps.Xception, apps.xception, 299, 71),
-    ("inception_v3", apps.InceptionV3, apps.inception_v3, 299, 75),
-    ("resnet50", apps.ResNet50, apps.resnet50, 224, 32),
-    ("mobilenet_v2", apps.MobileNetV2, apps.mobilenet_v2, 224, 32),
-    ("efficientnet_b0", apps.EfficientNetB0, apps.efficientnet, 224, 32),
-    ("efficientnet_b1", apps.EfficientNetB1, apps.efficientnet, 240, 32),
-    ("efficientnet_b2", apps.EfficientNetB2, apps.efficientnet, 260, 32),
-    ("efficientnet_b3", apps.EfficientNetB3, apps.efficientnet, 300, 32),
-    ("efficientnet_v2_s", apps.EfficientNetV2S, apps.efficientnet_v2, 384, 32),
-    ("convnext_tiny", apps.ConvNeXtTiny, apps.convnext, 224, 32),
-]:
-    register(Backbone(_name, _build, _module.preprocess_input, _size, _min))
+# keras.applications' own file names (its modules' WEIGHTS_PATH and get_file calls): with them,
+# `--weights imagenet` finds a file attached to an offline Kaggle kernel (`imagenet_file`).
+KA = "tensorflow/keras-applications/"
+for _name, _build, _module, _size, _min, _file in [
+    ("inception_resnet_v2", apps.InceptionResNetV2, apps.inception_resnet_v2, 299, 75,
+     KA + "inception_resnet_v2/inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("xception", apps.Xception, apps.xception, 299, 71,
+     KA + "xception/xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("inception_v3", apps.InceptionV3, apps.inception_v3, 299, 75,
+     KA + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("resnet50", apps.ResNet50, apps.resnet50, 224, 32,
+     KA + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    ("mobilenet_v2", apps.MobileNetV2, apps.mobilenet_v2, 224, 32,
+     KA + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5"),
+    ("efficientnet_b0", apps.EfficientNetB0, apps.efficientnet, 224, 32, "keras-applications/efficientnetb0_notop.h5"),
+    ("efficientnet_b1", apps.EfficientNetB1, apps.efficientnet, 240, 32, "keras-applications/efficientnetb1_notop.h5"),
+    ("efficientnet_b2", apps.EfficientNetB2, apps.efficientnet, 260, 32, "keras-applications/efficientnetb2_notop.h5"),
+    ("efficientnet_b3", apps.EfficientNetB3, apps.efficientnet, 300, 32, "keras-applications/efficientnetb3_notop.h5"),
+    ("efficientnet_v2_s", apps.EfficientNetV2S, apps.efficientnet_v2, 384, 32,
+     KA + "efficientnet_v2/efficientnetv2-s_notop.h5"),
+    ("convnext_tiny", apps.ConvNeXtTiny, apps.convnext, 224, 32, KA + "convnext/convnext_tiny_notop.h5"),
+]:  # fmt: skip
+    register(Backbone(_name, _build, _module.preprocess_input, _size, _min, _file))
+# MobileNetV2 has a file per input size; Keras loads the 224 px one at other sizes.
+register(dataclasses.replace(BACKBONES["mobilenet_v2"], imagenet_sizes=(96, 128, 160, 192, 224)))
 
 
 def _tiny_cnn(include_top=False, weights=None, input_shape=None) -> keras.Model:
@@ -93,16 +119,86 @@ def _weights_argument(weights: str) -> str | None:
     return str(path)
 
 
+def _reason(error: Exception) -> str:
+    """Why a Keras download failed, without the URL it repeats: "[Errno -2] Name or service not known"."""
+    return str(error).splitlines()[0].split(" -- ")[-1][:100]
+
+
+def keras_cache() -> Path:
+    """Where Keras keeps what it downloads: $KERAS_HOME/models, else ~/.keras/models (read now, not at import)."""
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "models"
+
+
+def imagenet_file(spec: Backbone, image_size: int) -> Path:
+    """The backbone's ImageNet weights file under its Keras name, without or with the top: in the
+    Keras cache, then (on a Kaggle kernel) anywhere under input/, else downloaded into the cache.
+
+    Looking before downloading is what Keras does too; here it also finds a file attached to a
+    kernel whose internet is off, where the download fails at once (no name resolves).
+    """
+    urls = spec.imagenet_urls(image_size)
+    names = [url.rsplit("/", 1)[1] for url in urls]
+    root = kaggle_root()
+    places = [keras_cache() / name for name in names]
+    if root is not None:
+        places += [found for name in names for found in sorted((root / "input").rglob(name))]
+    for place in places:
+        if place.is_file():
+            return place
+    try:
+        return Path(keras.utils.get_file(names[0], urls[0], cache_subdir="models", cache_dir=keras_cache().parent))
+    except Exception as error:  # Keras raises bare Exception for a failed download
+        where = f"{keras_cache()}" + (f" or under {root / 'input'}" if root is not None else "")
+        raise DogbreedsError(
+            f"no ImageNet weights for {spec.name} at {image_size} px: the download failed "
+            f"({_reason(error)}) and neither {names[0]} nor {names[1]} is in {where}; "
+            f"attach a dataset holding {names[0]} (`dogbreeds weights {spec.name} --image-size {image_size} "
+            "--download DIR` fetches it where there is internet), or pass --weights FILE"
+        ) from None
+
+
+def download_imagenet(name: str, image_size: int, folder: Path) -> Path:
+    """The backbone's ImageNet file without the top, downloaded into `folder`: a Kaggle dataset to attach."""
+    spec = get_backbone(name)
+    if not spec.imagenet:
+        raise DogbreedsError(f"{name} has no ImageNet weights to download")
+    url = spec.imagenet_urls(image_size)[0]
+    folder.mkdir(parents=True, exist_ok=True)  # Keras falls back to /tmp for a folder it cannot write
+    try:
+        return Path(keras.utils.get_file(url.rsplit("/", 1)[1], url, cache_subdir="", cache_dir=folder))
+    except Exception as error:  # Keras raises bare Exception for a failed download
+        raise DogbreedsError(
+            f"could not download {url} ({_reason(error)}); run this where there is internet"
+        ) from None
+
+
+def _imagenet_backbone(spec: Backbone, path: Path, input_shape: tuple) -> keras.Model:
+    """The backbone without its top from either ImageNet file: a file with the top loads into the
+    whole network, whose weights up to the top are the backbone's (same code, same layer order)."""
+    if path.name == spec.imagenet_urls(input_shape[0])[0].rsplit("/", 1)[1]:
+        return spec.build(include_top=False, weights=str(path), input_shape=input_shape)
+    whole = spec.build(include_top=True, weights=str(path), input_shape=input_shape)
+    backbone = spec.build(include_top=False, weights=None, input_shape=input_shape)
+    backbone.set_weights(whole.get_weights()[: len(backbone.weights)])  # checks every shape
+    return backbone
+
+
 def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
     """The backbone without its top, its weights loaded; errors name the fix."""
     spec = get_backbone(name)
     if image_size < spec.min_size:
         raise DogbreedsError(f"{name} needs --image-size of at least {spec.min_size}, got {image_size}")
     source = _weights_argument(weights)
+    shape = (image_size, image_size, 3)
     try:
         with warnings.catch_warnings():  # a mismatched file makes Keras warn per layer; one line below says it
             warnings.simplefilter("ignore")
-            return spec.build(include_top=False, weights=source, input_shape=(image_size, image_size, 3))
+            if source == "imagenet" and spec.imagenet:
+                path = imagenet_file(spec, image_size)
+                log.info(f"ImageNet weights of {name}: {path}")
+                source = str(path)
+                return _imagenet_backbone(spec, path, shape)
+            return spec.build(include_top=False, weights=source, input_shape=shape)
     except DogbreedsError:
         raise
     except Exception as error:  # Keras raises bare Exception/ValueError for both cases below
@@ -113,7 +209,7 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
                 "and pass --weights /kaggle/input/<dataset>/<file>.h5"
             ) from None
         raise DogbreedsError(
-            f"--weights {weights} does not fit {name}: its layers or shapes differ ({type(error).__name__}); "
+            f"--weights {source} does not fit {name}: its layers or shapes differ ({type(error).__name__}); "
             f"pass the weights file of {name} without its top (include_top=False)"
         ) from None
 
