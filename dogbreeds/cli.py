@@ -222,6 +222,19 @@ def predict(
 
 
 @app.command()
+def export(
+    run: Optional[str] = RunOption,
+    format: str = typer.Option(..., "--format", help="savedmodel, tflite or keras."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write. Default: RUN/export-FORMAT."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+):
+    """The run as one model: uint8 images at its size in, probabilities out, classes.json beside it."""
+    from dogbreeds.exporting import export as export_run
+
+    typer.echo(export_run(run, format, out, force=force).text())
+
+
+@app.command()
 def blend(
     runs: list[str] = typer.Argument(..., help="Two or more run folders (or names under runs/)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Competition folder. Default: the first run's."),
