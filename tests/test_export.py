@@ -22,7 +22,7 @@ def runs(competition, tmp_path_factory):
     train_tiny(competition, folder / "finetune", epochs=1, fine_tune_epochs=0)
     features = dogbreeds(
         "train", "--data", competition, "--method", "features", *TINY, "--folds", 2, "--head-epochs", 3,
-        "--cache-dir", folder / "cache", "--run-dir", folder / "features",
+        "--feature-views", 1, "--cache-dir", folder / "cache", "--run-dir", folder / "features",
     )  # fmt: skip
     assert features.returncode == 0, features.stderr
     return folder

@@ -102,7 +102,7 @@ def test_offline_imagenet_uses_the_attached_file_and_says_which(offline):
     source = keras_file(attached, include_top=False)
     result = dogbreeds(
         "train", "--method", "features", "--backbone", "mobilenet_v2", "--image-size", 32, "--head-epochs", 1,
-        cwd=elsewhere, env=env,
+        "--feature-views", 1, "--no-tta", cwd=elsewhere, env=env,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"ImageNet weights of mobilenet_v2: {attached}" in result.stdout
