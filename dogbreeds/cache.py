@@ -99,6 +99,14 @@ class FeatureSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def pooled_backbone(spec: FeatureSpec) -> keras.Model:
+    """The backbone whose pooled vectors a cache entry holds: preprocessed images in, vectors out."""
+    keras.utils.set_random_seed(spec.seed)  # `--weights none` draws the same network each time
+    backbone = build_backbone(spec.backbone, spec.weights, spec.image_size)
+    pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(backbone.output)
+    return keras.Model(backbone.input, pooled, name=f"{spec.backbone}_features")
+
+
 class FeatureCache:
     """Pooled backbone features on disk, computed at most once for each key."""
 
@@ -120,10 +128,7 @@ class FeatureCache:
         """The pooled backbone and its compiled forward pass, built once per cache."""
         key = (spec.backbone, spec.weights, spec.image_size)
         if key not in self._extractors:
-            keras.utils.set_random_seed(spec.seed)  # `--weights none` draws the same network each time
-            backbone = build_backbone(spec.backbone, spec.weights, spec.image_size)
-            pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(backbone.output)
-            model = keras.Model(backbone.input, pooled, name=f"{spec.backbone}_features")
+            model = pooled_backbone(spec)
             signature = [tf.TensorSpec((None, spec.image_size, spec.image_size, 3), tf.float32)]
             forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
             self._extractors[key] = (model, forward)

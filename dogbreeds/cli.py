@@ -231,6 +231,19 @@ def predict(
 
 
 @app.command()
+def export(
+    run: Optional[str] = RunOption,
+    format: str = typer.Option(..., "--format", help="savedmodel, tflite or keras."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write. Default: RUN/export-FORMAT."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+):
+    """The run as one model: uint8 images at its size in, probabilities out, classes.json beside it."""
+    from dogbreeds.exporting import export as export_run
+
+    typer.echo(export_run(run, format, out, force=force).text())
+
+
+@app.command()
 def blend(
     runs: list[str] = typer.Argument(..., help="Two or more run folders (or names under runs/)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Competition folder. Default: the first run's."),
@@ -328,6 +341,28 @@ def backbones():
     typer.echo(f"{'backbone':22s} {'parameters':>12s} {'native':>7s}  pretrained on")
     for spec in BACKBONES.values():
         typer.echo(f"{spec.name:22s} {spec.parameters / 1e6:11.1f}M {spec.native_size:5d}px  {spec.pretraining}")
+
+
+@app.command()
+def weights(
+    names: list[str] = typer.Argument(..., help="Backbones (see `dogbreeds backbones`)."),
+    image_size: Optional[int] = typer.Option(None, help="Input size (MobileNetV2: a file per size). Default: native."),
+    download: Optional[Path] = typer.Option(
+        None, "--download", help="Download each file without the top into this folder, to attach as a Kaggle dataset."
+    ),
+):
+    """The ImageNet weights files `--weights imagenet` looks for offline, with their URLs."""
+    from dogbreeds.models import download_imagenet, get_backbone
+
+    for name in names:
+        spec = get_backbone(name)
+        size = image_size or spec.native_size
+        urls = spec.imagenet_urls(size)
+        typer.echo(f"{name} at {size} px:" + ("" if urls else " no ImageNet weights"))
+        for url, which in zip(urls, ("without the top (what is loaded)", "with the top (also found)")):
+            typer.echo(f"  {url.rsplit('/', 1)[-1]}  {which}\n    {url}")
+        if download is not None:
+            typer.echo(f"  downloaded {download_imagenet(name, size, download)}")
 
 
 @app.command()

@@ -5,8 +5,9 @@ and written to /kaggle/working: the run (`runs/`), the feature cache and `submis
 
 Internet on: the first line installs the package and Keras downloads the ImageNet weights.
 Internet off: attach two datasets, a wheel of this package and the backbone's Keras weights
-file without its top, install with `pip install /kaggle/input/<wheel dataset>/dogbreeds-*.whl
---no-deps`, and set WEIGHTS below to that file.
+file (`dogbreeds weights BACKBONE` names it; `--download DIR` fetches it where there is
+internet), and install with `pip install /kaggle/input/<wheel dataset>/dogbreeds-*.whl
+--no-deps`; `--weights imagenet` finds the file under /kaggle/input by its name.
 
 A kernel session ends after 12 hours (or less): the time budget leaves room for submitting, and
 a session that ends anyway leaves a run that the next session continues with RESUME.
@@ -17,7 +18,7 @@ import subprocess
 import sys
 
 BACKBONE = os.environ.get("DOGBREEDS_BACKBONE", "inception_resnet_v2")
-WEIGHTS = os.environ.get("DOGBREEDS_WEIGHTS", "imagenet")  # offline: /kaggle/input/<dataset>/<file>_notop.h5
+WEIGHTS = os.environ.get("DOGBREEDS_WEIGHTS", "imagenet")  # offline too: found under /kaggle/input by name
 BUDGET = os.environ.get("DOGBREEDS_BUDGET", "11h")  # of the session's 12 hours; submitting takes minutes
 EXTRA = os.environ.get("DOGBREEDS_ARGS", "").split()  # e.g. --image-size 299 --batch-size 16
 ROOT = os.environ.get("DOGBREEDS_KAGGLE_ROOT", "/kaggle")  # set only to try this kernel elsewhere

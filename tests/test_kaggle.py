@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
+
+from dogbreeds.models import build_backbone
 
 from conftest import TINY, dogbreeds
 
@@ -59,3 +62,79 @@ def test_two_attached_competitions_are_one_line(kernel, competition):
     assert result.returncode == 2 and "two competitions are attached" in result.stderr
     assert "another" in result.stderr and "my-dog-data" in result.stderr and "--data" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- offline ImageNet weights: the backbone's own Keras file, attached under input/ -----------------
+
+NO_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"  # what 32 px loads
+WITH_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
+
+
+@pytest.fixture
+def offline(kernel, tmp_path, monkeypatch):
+    """The stand-in kernel with its own Keras cache, and every download failing as it does offline."""
+    import keras
+
+    def no_internet(fname, origin, **_):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", no_internet)
+    root, elsewhere, env = kernel
+    env = {**env, "KERAS_HOME": str(tmp_path / "keras-home")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return root, elsewhere, env
+
+
+def keras_file(path, include_top: bool):
+    """A MobileNetV2 of random weights, saved as keras.applications' own files are (legacy HDF5)."""
+    import keras
+
+    model = keras.applications.MobileNetV2(include_top=include_top, weights=None, input_shape=(32, 32, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model
+
+
+def test_offline_imagenet_uses_the_attached_file_and_says_which(offline):
+    root, elsewhere, env = offline
+    attached = root / "input" / "mobilenet-v2-weights" / "keras" / NO_TOP
+    source = keras_file(attached, include_top=False)
+    result = dogbreeds(
+        "train", "--method", "features", "--backbone", "mobilenet_v2", "--image-size", 32, "--head-epochs", 1,
+        "--feature-views", 1, "--no-tta", cwd=elsewhere, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"ImageNet weights of mobilenet_v2: {attached}" in result.stdout
+    loaded = build_backbone("mobilenet_v2", "imagenet", 32)
+    for a, b in zip(source.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_file_with_the_top_gives_the_backbone_without_it(offline):
+    root, _, _ = offline
+    whole = keras_file(root / "input" / "weights" / WITH_TOP, include_top=True)
+    loaded = build_backbone("mobilenet_v2", "imagenet", 32)
+    assert loaded.output_shape == (None, 1, 1, 1280)
+    for a, b in zip(whole.get_weights(), loaded.get_weights()):  # the whole network's first weights
+        np.testing.assert_array_equal(a, b)
+
+
+def test_offline_imagenet_without_the_file_is_one_line_naming_it(offline):
+    root, elsewhere, env = offline
+    result = dogbreeds("train", "--backbone", "mobilenet_v2", "--image-size", 32, cwd=elsewhere, env=env)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.startswith("error: no ImageNet weights for mobilenet_v2")
+    assert NO_TOP in line and str(root / "input") in line and "Name or service not known" in line
+    assert not (root / "working" / "runs").exists()
+
+
+def test_weights_lists_the_files_and_download_fails_in_one_line(offline, tmp_path):
+    result = dogbreeds("weights", "mobilenet_v2", "xception", "--image-size", 160)
+    assert result.returncode == 0, result.stderr
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_160_no_top.h5" in result.stdout
+    assert "https://storage.googleapis.com/tensorflow/keras-applications/xception/" in result.stdout
+    failed = dogbreeds("weights", "xception", "--download", tmp_path / "upload")
+    assert failed.returncode == 2 and len(failed.stderr.strip().splitlines()) == 1
+    assert "could not download" in failed.stderr and "internet" in failed.stderr

@@ -23,11 +23,13 @@ LAYERS = [
     {"report", "cache"},
     {"heads", "inference"},
     {"training", "submission", "scoring"},  # the jobs: a run, a submission, a score
-    {"evaluation", "prediction", "listing", "bench", "cifar", "demo", "blending"},  # commands, siblings
+    {"evaluation", "prediction", "listing", "bench", "cifar", "demo", "blending", "exporting"},  # commands, siblings
     {"cli"},
     {"__main__"},
 ]
-PREDICTION_SIDE = {"submission", "evaluation", "prediction", "inference", "metrics", "calibration", "report", "scoring"}
+PREDICTION_SIDE = {
+    "submission", "evaluation", "prediction", "exporting", "inference", "metrics", "calibration", "report", "scoring"
+}  # fmt: skip
 
 
 def imports_of(module: str) -> set[str]:

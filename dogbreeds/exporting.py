@@ -1,0 +1,164 @@
+"""`dogbreeds export`: a run as one model that serving tools and phones run without dogbreeds.
+
+The model takes a batch of uint8 RGB images at the run's image size (the caller decodes and
+resizes them, as `dogbreeds predict` does before its model) and returns the probabilities in the
+order of classes.json, written beside it. Inside are the backbone's preprocessing, the network,
+and for a features run its backbones, pooled, before the head; a k-fold run's folds are
+averaged, as `submit` and `predict` average them. There is no flip TTA and no calibration: it
+gives what `dogbreeds predict --no-tta --no-calibrate` gives.
+
+The export is written into a temporary folder beside the target, then renamed into place: an
+interrupted export leaves neither a half-written target nor the temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from dogbreeds.cache import backbone_specs, pooled_backbone
+from dogbreeds.errors import DogbreedsError
+from dogbreeds.inference import Predictor
+from dogbreeds.models import get_backbone
+
+FORMATS = ("savedmodel", "tflite", "keras")
+SIGNATURE = "serving_default"  # what TensorFlow Serving and saved_model_cli call
+INPUT, OUTPUT = "images", "probabilities"
+
+
+def preprocessing(backbone: str, name: str) -> layers.Dense:
+    """The backbone's preprocess_input as a fixed Dense layer on the channel axis.
+
+    Every keras.applications preprocessing is an affine map of each pixel's channels (scale and
+    shift; caffe mode also turns RGB into BGR), so four probes give its matrix and offset, and
+    random pixels check it. A Lambda layer would do, but a .keras file holding one loads only
+    with safe_mode=False; a Dense layer loads anywhere, and converts to TFLite as it is.
+    """
+    preprocess = get_backbone(backbone).preprocess
+    probes = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    mapped = np.asarray(preprocess(probes.copy()), np.float32)
+    offset, matrix = mapped[0], mapped[1:] - mapped[0]
+    pixels = np.random.default_rng(0).uniform(0, 255, (64, 3)).astype(np.float32)
+    if not np.allclose(pixels @ matrix + offset, np.asarray(preprocess(pixels.copy())), atol=1e-4):
+        raise DogbreedsError(f"the preprocessing of {backbone} is not a map of each pixel's channels; it cannot export")
+    dense = layers.Dense(3, dtype="float32", trainable=False, name=name)
+    dense.build((None, 3))
+    dense.set_weights([matrix, offset])
+    return dense
+
+
+def _named(model: keras.Model, name: str) -> keras.Model:
+    """The same layers under another name: the folds' models, all saved under one name, become siblings."""
+    return keras.Model(model.input, model.output, name=name)
+
+
+def serving_model(predictor: Predictor) -> keras.Model:
+    """uint8 images of the run's size in, the probabilities of its classes out."""
+    config = predictor.config
+    members = [fold.run for fold in predictor.folds] or [predictor.run]
+    if config.method == "features":
+        specs = backbone_specs(config)
+        sizes = sorted({spec.image_size for spec in specs})
+        if len(sizes) > 1:
+            raise DogbreedsError(
+                f"run {predictor.run.path} feeds its backbones images of {' and '.join(map(str, sizes))} px; an "
+                "export takes one size: train the ensemble with one --image-size"
+            )
+        size = sizes[0]
+    else:
+        specs, size = [], config.image_size
+    images = keras.Input((size, size, 3), dtype="uint8", name=INPUT)
+    if specs:  # backbones pooled and side by side, then the head: what the feature cache feeds it
+        vectors = [
+            _named(pooled_backbone(spec), f"backbone_{i}")(preprocessing(spec.backbone, f"preprocess_{i}")(images))
+            for i, spec in enumerate(specs)
+        ]
+        inputs = vectors[0] if len(vectors) == 1 else layers.Concatenate(name="features")(vectors)
+    else:
+        inputs = preprocessing(config.backbone, "preprocess")(images)
+    outputs = [_named(run.load_model(), f"model_{i}")(inputs) for i, run in enumerate(members, 1)]
+    probabilities = outputs[0] if len(outputs) == 1 else layers.Average(name="folds")(outputs)
+    return keras.Model(images, probabilities, name=f"{predictor.run.name}_export")
+
+
+def _savedmodel(model: keras.Model, folder: Path) -> None:
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        SIGNATURE,
+        tf.function(lambda images: {OUTPUT: model(images, training=False)}),
+        input_signature=[tf.TensorSpec(model.input_shape, tf.uint8, name=INPUT)],
+    )
+    archive.write_out(str(folder), verbose=False)
+
+
+def _tflite(model: keras.Model, folder: Path) -> None:
+    """Converted from a SavedModel, the route TensorFlow documents for Keras 3 models."""
+    saved = folder / "savedmodel"
+    _savedmodel(model, saved)
+    (folder / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    shutil.rmtree(saved)
+
+
+def _keras(model: keras.Model, folder: Path) -> None:
+    model.save(folder / "model.keras")
+
+
+WRITERS = {"savedmodel": _savedmodel, "tflite": _tflite, "keras": _keras}
+MODEL_FILES = {"savedmodel": "saved_model.pb", "tflite": "model.tflite", "keras": "model.keras"}
+
+
+def _replace(folder: Path, target: Path) -> None:
+    """`folder` renamed to `target`; a previous target is moved aside first and removed after."""
+    aside = target.with_name(f".{target.name}.{os.getpid()}.old")
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(folder, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+@dataclass
+class ExportResult:
+    target: Path
+    format: str
+    image_size: int
+    classes: int
+    folds: int
+
+    def text(self) -> str:
+        model = self.target / MODEL_FILES[self.format]
+        size = sum(f.stat().st_size for f in self.target.rglob("*") if f.is_file()) / 1e6
+        folds = f", the average of {self.folds} folds" if self.folds > 1 else ""
+        return (
+            f"exported {model} ({size:.1f} MB{folds}): uint8 RGB images of {self.image_size}x{self.image_size} px "
+            f"in, {self.classes} probabilities out, in the order of {self.target / 'classes.json'}"
+        )
+
+
+def export(run: str | Path | None, format: str, out: str | Path | None = None, *, force: bool = False) -> ExportResult:
+    """Write the run's serving model as `format` into the folder `out` (default: RUN/export-FORMAT)."""
+    if format not in FORMATS:
+        raise DogbreedsError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    predictor = Predictor.open(run, calibration=False)
+    target = Path(out) if out is not None else predictor.run.path / f"export-{format}"
+    if target.exists() and not force:
+        raise DogbreedsError(f"{target} already exists; pass --force to replace it, or another --out")
+    model = serving_model(predictor)
+    folder = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        folder.mkdir(parents=True)
+        WRITERS[format](model, folder)
+        (folder / "classes.json").write_text(json.dumps(predictor.classes, indent=1))
+        _replace(folder, target)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return ExportResult(target, format, model.input_shape[1], len(predictor.classes), max(1, len(predictor.folds)))
