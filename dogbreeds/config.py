@@ -319,11 +319,11 @@ class TrainConfig:
         shown_default="recipe",
     )
     warmup_epochs: int | None = option(
-        None, "cosine: epochs of linear warm-up at the start of each phase.", at_least=0, shown_default="recipe"
+        None, "cosine: epochs of linear warm-up at the start of fine-tuning.", at_least=0, shown_default="recipe"
     )
     ema: bool | None = option(
         None,
-        "Validate, keep and save an exponential moving average of the weights (Keras' use_ema).",
+        "Fine-tuning validates, keeps and saves a moving average of the weights (Keras' use_ema).",
         shown_default="recipe",
     )
     ema_momentum: float = option(0.99, "--ema: the average's momentum per step.", within=(0, 1, "()"))

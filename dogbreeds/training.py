@@ -249,7 +249,8 @@ def competition_phases(
     """Frozen backbone at --learning-rate, then fine-tuning at a hundredth of it.
 
     Rates follow the global batch (the linear scaling rule). With --schedule cosine each phase
-    warms up, then decays to zero by its last step; with --ema the optimizer keeps the average.
+    decays to zero by its last step, fine-tuning after --warmup-epochs of warm-up; with --ema
+    the fine-tuning optimizer keeps the average.
     """
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
@@ -260,19 +261,23 @@ def competition_phases(
         n = set_trainable(backbone, config.fine_tune_layers, pretrained=config.pretrained)
         log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {fine_tune_lr:g}")
 
-    def adam(rate: float, epochs: int):
+    def adam(rate: float, epochs: int, fine_tuning: bool):
+        """Warm-up and the moving average belong to fine-tuning: the frozen phase trains a new,
+        random head, which needs no warm-up, and Keras' average (no bias correction) would keep
+        a share of that random start (0.99 ** steps) in its weights."""
+
         def make():
+            rate_at = rate
             if config.schedule == "cosine":
-                warmup = min(config.warmup_epochs, epochs) * steps_per_epoch
+                warmup = min(config.warmup_epochs, epochs) * steps_per_epoch if fine_tuning else 0
                 rate_at = keras.optimizers.schedules.CosineDecay(
                     0.0 if warmup else rate,
                     decay_steps=max(1, epochs * steps_per_epoch - warmup),
                     warmup_target=rate if warmup else None,
                     warmup_steps=warmup,
                 )
-            else:
-                rate_at = rate
-            return keras.optimizers.Adam(rate_at, use_ema=config.ema, ema_momentum=config.ema_momentum)
+            ema = config.ema and fine_tuning
+            return keras.optimizers.Adam(rate_at, use_ema=ema, ema_momentum=config.ema_momentum)
 
         return make
 
@@ -282,8 +287,8 @@ def competition_phases(
     loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
     frozen, fine_tune = config.epochs, config.fine_tune_epochs
     return [
-        Phase("frozen", frozen, adam(learning_rate, frozen), freeze, adaptive, loss),
-        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune), unfreeze, adaptive, loss),
+        Phase("frozen", frozen, adam(learning_rate, frozen, False), freeze, adaptive, loss),
+        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune, True), unfreeze, adaptive, loss),
     ]
 
 

@@ -111,7 +111,7 @@ def test_options_override_the_recipe_and_old_runs_read_as_classic():
 def test_a_strong_run_records_its_options_and_saves_the_moving_average(competition, tmp_path):
     run = tmp_path / "run"
     result = dogbreeds(
-        "train", "--data", competition, *TINY, "--epochs", 1, "--fine-tune-epochs", 0, "--recipe", "strong",
+        "train", "--data", competition, *TINY, "--epochs", 0, "--fine-tune-epochs", 1, "--recipe", "strong",
         "--randaugment", 1, "--ema-momentum", 0.5, "--run-dir", run,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -147,3 +147,17 @@ def test_backbones_lists_parameters_size_and_pretraining():
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[1:]}
     assert "331px" in rows["nasnet_large"] and "ImageNet-21k" in rows["convnext_xlarge"]
     assert "348.1M" in rows["convnext_xlarge"] and "ImageNet-1k" in rows["convnext_small"]
+
+
+def test_resume_continues_the_schedule_and_the_average(competition, tmp_path):
+    run = tmp_path / "run"
+    common = ("--epochs", 0, "--fine-tune-epochs", 3, "--recipe", "strong", "--warmup-epochs", 0)
+    first = dogbreeds("train", "--data", competition, *TINY, *common, "--time-budget", "1s", "--run-dir", run)
+    assert first.returncode == 0 and "--resume" in first.stdout, first.stderr
+    assert len(pd.read_csv(run / "history.csv")) == 1
+    again = dogbreeds("train", "--resume", run)
+    assert again.returncode == 0, again.stderr
+    rates = pd.read_csv(run / "history.csv")["learning_rate"].tolist()
+    assert len(rates) == 3 and rates[0] > rates[1] > rates[2] == pytest.approx(0.0, abs=1e-12)  # one cosine
+    last = keras.models.load_model(run / "last.keras")
+    assert last.optimizer.use_ema and int(last.optimizer.iterations) == 3 * 5  # 38 images, batches of 8
