@@ -103,7 +103,7 @@ def test_options_override_the_recipe_and_old_runs_read_as_classic():
     assert config.schedule == RECIPES["strong"]["schedule"]
     assert TrainConfig.from_json(config.to_json()) == config
     old = json.loads(TrainConfig(recipe="classic").to_json())
-    for name in ("recipe", "schedule", "warmup_epochs", "ema", "ema_momentum", "batch_augmentation"):
+    for name in ("recipe", "schedule", "warmup_epochs", "ema", "ema_momentum", "fine_tune_share", "batch_augmentation"):
         old.pop(name)
     assert TrainConfig.from_json(json.dumps(old)) == TrainConfig(recipe="classic")
 
