@@ -2,7 +2,7 @@
 
 Each option is declared once, as a dataclass field made by `option()`: its default, its help,
 its choices and its bounds. The command line (`dogbreeds.cli`), the validation below and the
-README's option table (`option_table`) are all read from these declarations.
+option table of docs/options.md (`option_table`) are all read from these declarations.
 """
 
 from __future__ import annotations
@@ -315,7 +315,7 @@ class TrainConfig:
     )
     tta: bool = option(True, "features: validate on the average of each image and its mirror.")
     recipe: str = option(
-        "classic",
+        "strong",
         "Defaults of the options marked recipe: classic (the seed's) or strong (docs/recipes.md).",
         choices=tuple(RECIPES),
     )

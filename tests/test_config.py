@@ -8,7 +8,7 @@ def test_defaults_are_the_competition_settings():
     config = TrainConfig()
     assert (config.backbone, config.weights, config.image_size) == ("inception_resnet_v2", "imagenet", 331)
     assert (config.epochs, config.fine_tune_epochs, config.val_split, config.seed) == (5, 5, 0.2, 42)
-    assert config.fine_tune_lr == pytest.approx(config.learning_rate / 100)
+    assert config.recipe == "strong" and config.fine_tune_lr == pytest.approx(config.learning_rate / 10)
 
 
 def test_json_round_trip_repeats_the_run():
