@@ -43,14 +43,22 @@ def epoch(ds):
     return np.concatenate(images), np.concatenate(targets)
 
 
+@pytest.fixture(scope="module")
+def plain(competition):
+    """The batches without batch augmentation: training (images, labels), evaluation and prediction images."""
+    frame, plain_loader = frame_of(competition), loader()
+    predicted = np.concatenate([x.numpy() for x in plain_loader.prediction(frame)])
+    return frame, epoch(plain_loader.training(frame)), epoch(plain_loader.evaluation(frame))[0], predicted
+
+
 @pytest.mark.parametrize(
     "options",
     [{"randaugment": 1, "randaugment_magnitude": 1.0}, {"random_erasing": 1.0}, {"mixup": 0.4}, {"cutmix": 1.0}],
 )
-def test_each_batch_augmentation_changes_training_images_only(competition, options):
-    frame = frame_of(competition)
-    plain_images, labels = epoch(loader().training(frame))
-    images, targets = epoch(loader(**options).training(frame))
+def test_each_batch_augmentation_changes_training_images_only(plain, options):
+    frame, (plain_images, labels), evaluated, predicted = plain
+    augmenting = loader(**options)
+    images, targets = epoch(augmenting.training(frame))
     assert images.shape == plain_images.shape and -1.001 <= images.min() and images.max() <= 1.001
     assert np.abs(images - plain_images).max() > 0.1
     if "mixup" in options or "cutmix" in options:
@@ -61,15 +69,12 @@ def test_each_batch_augmentation_changes_training_images_only(competition, optio
         assert ((targets > 1e-6).sum(axis=1) <= 2).all()  # and of one other image's at most
     else:
         np.testing.assert_array_equal(targets, labels)  # pixels only: the labels stay class indices
-    for method in ("evaluation", "prediction"):
-        augmented, plain = getattr(loader(**options), method)(frame), getattr(loader(), method)(frame)
-        for a, b in zip(augmented, plain):
-            np.testing.assert_array_equal(a[0] if isinstance(a, tuple) else a, b[0] if isinstance(b, tuple) else b)
+    np.testing.assert_array_equal(epoch(augmenting.evaluation(frame))[0], evaluated)
+    np.testing.assert_array_equal(np.concatenate([x.numpy() for x in augmenting.prediction(frame)]), predicted)
 
 
-def test_label_smoothing_targets(competition):
-    frame = frame_of(competition)
-    _, labels = epoch(loader().training(frame))
+def test_label_smoothing_targets(plain):
+    frame, (_, labels), _, _ = plain
     _, targets = epoch(loader(label_smoothing=0.3).training(frame))
     expected = np.eye(CLASSES)[labels] * 0.7 + 0.1
     np.testing.assert_allclose(targets, expected, atol=1e-6)
