@@ -394,8 +394,8 @@ class TrainConfig:
                 ),
                 (
                     not self.batch_augmentation.enabled or self.loader == "tfdata",
-                    "--loader legacy cannot do RandAugment, erasing, MixUp, CutMix or label smoothing; "
-                    "use --recipe classic without them, or the default loader",
+                    "--loader legacy cannot smooth labels, or mix, erase or RandAugment batches (the strong "
+                    "recipe smooths labels); add --recipe classic and leave those options off, or use --loader tfdata",
                 ),
             ]
         )

@@ -136,7 +136,8 @@ def test_a_strong_run_records_its_options_and_saves_the_moving_average(competiti
     "args, message",
     [
         (["--randaugment-magnitude", "1.5"], "--randaugment-magnitude must be in (0, 1], got 1.5"),
-        (["--loader", "legacy", "--mixup", "0.2"], "--loader legacy cannot do RandAugment"),
+        (["--loader", "legacy"], "--loader legacy cannot smooth labels"),
+        (["--loader", "legacy", "--recipe", "classic", "--mixup", "0.2"], "add --recipe classic"),
         (["--recipe", "fancy"], "Invalid value for '--recipe'"),
     ],
 )
