@@ -214,7 +214,8 @@ def fit_phases(
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
         callbacks = [saver, KeepToBudget(budget)]
-        saver.averaged = AveragedWeights() if getattr(model.optimizer, "use_ema", False) else None
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
+        saver.averaged = AveragedWeights() if optimizer.use_ema else None
         if saver.averaged:
             callbacks.insert(0, saver.averaged)
         if phase.adaptive:

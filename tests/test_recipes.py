@@ -113,11 +113,12 @@ def test_options_override_the_recipe_and_old_runs_read_as_classic():
     assert TrainConfig.from_json(json.dumps(old)) == TrainConfig(recipe="classic")
 
 
-def test_a_strong_run_records_its_options_and_saves_the_moving_average(competition, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "mixed_float16"])  # the second wraps the optimizer (loss scaling)
+def test_a_strong_run_records_its_options_and_saves_the_moving_average(competition, tmp_path, precision):
     run = tmp_path / "run"
     result = dogbreeds(
         "train", "--data", competition, *TINY, "--epochs", 0, "--fine-tune-epochs", 1, "--recipe", "strong",
-        "--randaugment", 1, "--ema-momentum", 0.5, "--run-dir", run,
+        "--randaugment", 1, "--ema-momentum", 0.5, "--precision", precision, "--run-dir", run,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     config = json.loads((run / "config.json").read_text())
@@ -126,7 +127,8 @@ def test_a_strong_run_records_its_options_and_saves_the_moving_average(competiti
     assert config["batch_augmentation"]["mixup"] == RECIPES["strong"]["mixup"]
     best = keras.models.load_model(run / "model.keras")
     last = keras.models.load_model(run / "last.keras")
-    averages = [v.numpy() for v in last.optimizer._model_variables_moving_average]
+    optimizer = getattr(last.optimizer, "inner_optimizer", last.optimizer)
+    averages = [v.numpy() for v in optimizer._model_variables_moving_average]
     assert len(averages) == len(best.trainable_weights) > 0
     for average, weight in zip(averages, best.trainable_weights):
         np.testing.assert_allclose(weight.numpy(), average, rtol=1e-6, atol=1e-6)
