@@ -214,8 +214,8 @@ def _resnet9(input_shape, n_classes: int, widths=(32, 64, 128, 256)) -> keras.Mo
 
 
 def whitening_kernel(patches: np.ndarray, epsilon: float = 5e-4) -> tuple[np.ndarray, np.ndarray]:
-    """A convolution kernel and bias that whiten `patches` (n, k, k, channels): ZCA's rotation
-    without its rotation back (each filter an eigenvector of the patches' covariance, scaled by
+    """A convolution kernel and bias that whiten `patches` (n, k, k, channels), as airbench does:
+    PCA whitening (each filter an eigenvector of the patches' covariance, scaled by
     1/sqrt(eigenvalue + epsilon)), each filter also negated so that a GELU after it loses nothing.
     The bias centres the patches. numpy: Keras has no whitening initializer.
     """
@@ -261,7 +261,7 @@ def _airbench(input_shape, n_classes: int, widths=(64, 256, 256)) -> keras.Model
     logits scaled by 1/9. BatchNormalization learns its shift only; its statistics move fast
     (momentum 0.6) to keep up with a 10-epoch run."""
     inputs = keras.Input(input_shape, name="image")
-    whitening = layers.Conv2D(2 * 3 * 2 * 2, 2, name="whiten")
+    whitening = layers.Conv2D(2 * input_shape[-1] * 2 * 2, 2, name="whiten")  # every 2x2 patch direction, +-
     x = layers.Activation("gelu")(whitening(inputs))
     convs = []
     for i, width in enumerate(widths, 1):
