@@ -324,7 +324,7 @@ RECIPES = {
     "mlp": Recipe(30, 128, 1e-3, _adam, standardise, Augmentation.none(), adaptive=True),
     "seed-cnn": Recipe(10, 32, 0.01, _sgd_time_decay, unit_scale, Augmentation.none()),
     "cnn": Recipe(
-        10,
+        8,  # airbench94's 10 take about 22 minutes on 2 CPU cores, 8 fit in 20 (docs/cifar.md)
         1024,
         1.5,
         _airbench_sgd,

@@ -349,7 +349,7 @@ class CifarConfig:
     )
     epochs: int | None = option(
         None,
-        "Default: the model's recipe (mlp 30, seed-cnn 10, cnn 10, resnet9 30; transfer: head epochs, 60).",
+        "Default: the model's recipe (mlp 30, seed-cnn 10, cnn 8, resnet9 30; transfer: head epochs, 60).",
         at_least=1,
     )
     batch_size: int | None = option(
