@@ -321,7 +321,9 @@ def bench(
 @app.command()
 @with_config_options(CifarConfig)
 def cifar(
-    model: str = typer.Option("cnn", help="mlp, seed-cnn (the write-ups' networks), cnn (ours), transfer, or all."),
+    model: str = typer.Option(
+        "cnn", help="mlp, seed-cnn (the write-ups' networks), cnn (airbench94's recipe), resnet9, transfer, or all."
+    ),
     run_dir: Optional[Path] = typer.Option(None, help="Default: runs/<dataset>-<model>-<date>."),
     **options,
 ):

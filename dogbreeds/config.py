@@ -440,7 +440,7 @@ class TrainConfig:
         return cls(**raw)
 
 
-CIFAR_MODELS = ("mlp", "cnn", "seed-cnn", "transfer")
+CIFAR_MODELS = ("mlp", "cnn", "resnet9", "seed-cnn", "transfer")
 
 
 @dataclass
@@ -455,10 +455,12 @@ class CifarConfig:
         "Default: download with keras.datasets.",
     )
     epochs: int | None = option(
-        None, "Default: the model's recipe (mlp 30, seed-cnn 10, cnn 30; transfer: head epochs, 60).", at_least=1
+        None,
+        "Default: the model's recipe (mlp 30, seed-cnn 10, cnn 8, resnet9 30; transfer: head epochs, 60).",
+        at_least=1,
     )
     batch_size: int | None = option(
-        None, "Default: the model's recipe (mlp 128, seed-cnn 32, cnn 512).", at_least=1
+        None, "Default: the model's recipe (mlp 128, seed-cnn 32, cnn 1024, resnet9 512).", at_least=1
     )
     learning_rate: float | None = option(None, "Default: the model's recipe.", positive=True)
     limit: int | None = option(None, "Use only N training images (a stratified subset).", at_least=20)

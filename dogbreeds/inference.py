@@ -67,6 +67,19 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, outputs)
 
 
+def with_flip_translate_tta(model: keras.Model, pixels: int = 1) -> keras.Model:
+    """The model averaged over six views, in one compiled graph: each image and its mirror, as
+    they are and moved `pixels` up-left and down-right (edges reflected), as airbench predicts.
+    The unmoved pair weighs as much as the four moved views together."""
+    inputs = keras.Input(model.input_shape[1:])
+    height, width = model.input_shape[1:3]
+    padded = keras.ops.pad(inputs, [(0, 0), (pixels, pixels), (pixels, pixels), (0, 0)], mode="reflect")
+    moved = [padded[:, :height, :width], padded[:, 2 * pixels :, 2 * pixels :]]
+    pairs = [(model(x) + model(keras.ops.flip(x, axis=2))) / 2.0 for x in [inputs, *moved]]
+    outputs = pairs[0] / 2.0 + (pairs[1] + pairs[2]) / 4.0
+    return keras.Model(inputs, outputs)
+
+
 def predict(
     model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict"
 ) -> np.ndarray:

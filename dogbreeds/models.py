@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
 from dogbreeds.errors import DogbreedsError, log
@@ -341,4 +342,79 @@ def _resnet9(input_shape, n_classes: int, widths=(32, 64, 128, 256)) -> keras.Mo
     return keras.Model(inputs, outputs, name="resnet9")
 
 
-CIFAR_ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {"mlp": _mlp, "seed-cnn": _seed_cnn, "cnn": _resnet9}
+def whitening_kernel(patches: np.ndarray, epsilon: float = 5e-4) -> tuple[np.ndarray, np.ndarray]:
+    """A convolution kernel and bias that whiten `patches` (n, k, k, channels), as airbench does:
+    PCA whitening (each filter an eigenvector of the patches' covariance, scaled by
+    1/sqrt(eigenvalue + epsilon)), each filter also negated so that a GELU after it loses nothing.
+    The bias centres the patches. numpy: Keras has no whitening initializer.
+    """
+    n, k, _, channels = patches.shape
+    flat = patches.reshape(n, -1).astype(np.float64)
+    mean = flat.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(flat, rowvar=False))
+    filters = eigenvectors[:, ::-1] / np.sqrt(eigenvalues[::-1] + epsilon)  # largest first
+    filters = np.concatenate([filters, -filters], axis=1)
+    return filters.reshape(k, k, channels, -1).astype(np.float32), (-mean @ filters).astype(np.float32)
+
+
+def image_patches(images: np.ndarray, size: int) -> np.ndarray:
+    """Every size x size patch of images (n, height, width, channels), as (m, size, size, channels)."""
+    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
+    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size, size, images.shape[-1])
+
+
+def whiten(layer: layers.Conv2D, images: np.ndarray, epsilon: float = 5e-4) -> None:
+    """Set a convolution to whiten the patches of `images` (preprocessed, NHWC) and freeze it."""
+    kernel, bias = whitening_kernel(image_patches(images, layer.kernel_size[0]), epsilon)
+    layer.set_weights([kernel, bias])
+    layer.trainable = False
+
+
+def _dirac(conv: layers.Conv2D) -> None:
+    """The first filters pass their input channel through (PyTorch's dirac_): a group starts near
+    the identity on what comes in, as in airbench."""
+    kernel = keras.ops.convert_to_numpy(conv.kernel).copy()
+    size, channels = kernel.shape[0], min(kernel.shape[2], kernel.shape[3])
+    kernel[..., :channels] = 0.0
+    kernel[size // 2, size // 2, np.arange(channels), np.arange(channels)] = 1.0
+    conv.kernel.assign(kernel)
+
+
+# PyTorch's default initialisation, uniform within 1/sqrt(fan-in), which airbench's rates are tuned for.
+TORCH_INIT = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+
+
+def _airbench(input_shape, n_classes: int, widths=(64, 256, 256)) -> keras.Model:
+    """airbench94's network (Keller Jordan, 2024): a 2x2 whitening convolution (set from the data by
+    `whiten`, then frozen), three groups of conv-pool-norm-GELU-conv-norm-GELU, max pooling, and
+    logits scaled by 1/9. BatchNormalization learns its shift only; its statistics move fast
+    (momentum 0.6) to keep up with a 10-epoch run."""
+    inputs = keras.Input(input_shape, name="image")
+    whitening = layers.Conv2D(2 * input_shape[-1] * 2 * 2, 2, name="whiten")  # every 2x2 patch direction, +-
+    x = layers.Activation("gelu")(whitening(inputs))
+    convs = []
+    for i, width in enumerate(widths, 1):
+        for j, pool in ((1, True), (2, False)):
+            conv = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=TORCH_INIT)
+            convs.append(conv)
+            x = conv(x)
+            if pool:
+                x = layers.MaxPooling2D()(x)
+            x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"norm{i}_{j}")(x)
+            x = layers.Activation("gelu")(x)
+    x = layers.GlobalMaxPooling2D()(x)
+    x = layers.Dense(n_classes, use_bias=False, kernel_initializer=TORCH_INIT)(x)
+    x = layers.Rescaling(1 / 9)(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="label")(x)
+    model = keras.Model(inputs, outputs, name="airbench")
+    for conv in convs:
+        _dirac(conv)
+    return model
+
+
+CIFAR_ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "mlp": _mlp,
+    "seed-cnn": _seed_cnn,
+    "cnn": _airbench,
+    "resnet9": _resnet9,
+}

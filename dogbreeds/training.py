@@ -146,6 +146,76 @@ class KeepToBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class Lookahead(keras.callbacks.Callback):
+    """Lookahead (Zhang et al., 2019) as airbench uses it: every `every` steps the slow weights
+    move toward the model's, slow += (1 - decay) (fast - slow), and the model continues from
+    them; after the last step it keeps them. `decay(fraction of training done)` lets the pull
+    grow during training. Every float weight takes part, BatchNormalization's statistics too.
+    A callback: Keras has no lookahead optimizer.
+    """
+
+    def __init__(self, every: int = 5, decay: Callable[[float], float] = lambda done: 0.95**5 * done**3):
+        super().__init__()
+        self.every, self.decay = every, decay
+
+    def on_train_begin(self, logs=None):
+        self.weights = [w for w in self.model.weights if "float" in str(w.dtype)]
+        self.slow = [keras.ops.copy(w.value) for w in self.weights]
+        self.total = self.params["epochs"] * self.params["steps"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.first_step = epoch * self.params["steps"]
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self.first_step + batch + 1
+        if step % self.every == 0:
+            rate = 1.0 - self.decay(step / self.total)
+            self.slow = [s + rate * (w.value - s) for s, w in zip(self.slow, self.weights)]
+        if step % self.every == 0 or step == self.total:
+            for s, w in zip(self.slow, self.weights):
+                w.assign(s)
+
+
+@keras.saving.register_keras_serializable("dogbreeds")
+class Triangular(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear from `start` x `rate` up to `rate` at `peak` of the steps, then linear down to
+    `end` x `rate` (airbench's schedule; Keras' warm-ups end in a cosine, not a line)."""
+
+    def __init__(self, rate: float, steps: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07):
+        self.rate, self.steps, self.start, self.peak, self.end = rate, steps, start, peak, end
+
+    def __call__(self, step):
+        done = keras.ops.cast(step, "float32") / max(1, self.steps)
+        up = self.start + (1.0 - self.start) * done / self.peak
+        down = 1.0 + (self.end - 1.0) * (done - self.peak) / (1.0 - self.peak)
+        return self.rate * keras.ops.where(done < self.peak, up, keras.ops.maximum(down, self.end))
+
+    def get_config(self):
+        return {"rate": self.rate, "steps": self.steps, "start": self.start, "peak": self.peak, "end": self.end}
+
+
+@keras.saving.register_keras_serializable("dogbreeds")
+class ScaledSGD(keras.optimizers.SGD):
+    """SGD in which variables of the given names learn at a multiple of the rate (airbench's
+    BatchNormalization shifts: 64 times); Keras' optimizers take one rate for every variable."""
+
+    def __init__(self, *args, rate_scales: dict[str, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rate_scales = dict(rate_scales or {})
+
+    def build(self, variables):
+        if not self.built:
+            self.scales = [self.rate_scales.get(v.name, 1.0) for v in variables]
+        super().build(variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self.scales[self._get_variable_index(variable)]
+        super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
+
+    def get_config(self):
+        return super().get_config() | {"rate_scales": self.rate_scales}
+
+
 # -- the two phases ---------------------------------------------------------------------
 
 
@@ -180,6 +250,7 @@ class Phase:
     prepare: Callable[[], None] = lambda: None  # set which layers train, before compiling
     adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
     loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"  # categorical_: target distributions
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)  # the phase's own, e.g. Lookahead
 
 
 def fit_phases(
@@ -213,7 +284,7 @@ def fit_phases(
             progress.phase, progress.phase_start = phase.name, progress.epoch
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
-        callbacks = [saver, KeepToBudget(budget)]
+        callbacks = [*phase.callbacks, saver, KeepToBudget(budget)]
         optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
         saver.averaged = AveragedWeights() if optimizer.use_ema else None
         if saver.averaged:

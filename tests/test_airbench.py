@@ -1,0 +1,120 @@
+"""The engine pieces of `cifar --model cnn` (airbench94's recipe): patch whitening, lookahead,
+alternating flips, whole-pixel shifts, flip + translate TTA."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from dogbreeds.config import Augmentation
+from dogbreeds.inference import with_flip_translate_tta
+from dogbreeds.models import CIFAR_ARCHITECTURES, image_patches, whiten
+from dogbreeds.pipeline import TFDataLoader, affine_transforms
+from dogbreeds.training import Lookahead
+
+
+def smooth_images(n=64, size=12, seed=0):
+    """Noise blurred across neighbours and channels: patches with strongly correlated pixels."""
+    x = np.random.default_rng(seed).normal(size=(n, size + 1, size + 1, 3))
+    x = x[:, 1:, 1:] + x[:, :-1, 1:] + x[:, 1:, :-1] + 0.5 * x.sum(axis=3, keepdims=True)[:, 1:, 1:]
+    return (3.0 + x).astype(np.float32)
+
+
+def test_the_whitening_layer_whitens_the_patches_it_was_set_from():
+    images = smooth_images()
+    raw = image_patches(images, 2).reshape(-1, 12)
+    assert np.abs(np.corrcoef(raw, rowvar=False) - np.eye(12)).max() > 0.3  # far from white before
+    model = CIFAR_ARCHITECTURES["cnn"]((12, 12, 3), 4)
+    layer = model.get_layer("whiten")
+    whiten(layer, images, epsilon=1e-6)
+    assert not layer.trainable and not layer.trainable_weights
+    out = keras.ops.convert_to_numpy(layer(images)).reshape(-1, 24)
+    np.testing.assert_allclose(out.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(np.cov(out[:, :12], rowvar=False), np.eye(12), atol=1e-3)
+    np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)  # each filter and its negation
+
+
+def test_lookahead_pulls_the_slow_weights_toward_the_fast_ones():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    lookahead = Lookahead(every=2, decay=lambda done: 0.5 * done)
+    lookahead.set_model(model)
+    lookahead.set_params({"epochs": 1, "steps": 4})
+    start = [w.numpy() for w in model.weights]
+    lookahead.on_train_begin()
+    lookahead.on_epoch_begin(0)
+
+    def step(batch, shift):  # an optimizer's step: the fast weights move
+        for w in model.weights:
+            w.assign(w.numpy() + shift)
+        lookahead.on_train_batch_end(batch)
+
+    step(0, 1.0)  # step 1: no sync, the model keeps its fast weights
+    np.testing.assert_allclose(model.weights[1].numpy(), start[1] + 1.0)
+    step(1, 2.0)  # step 2 of 4: decay 0.25, slow = start + 0.75 x (fast - start) = start + 2.25
+    slow = [s + 0.75 * 3.0 for s in start]
+    for w, s in zip(model.weights, slow):
+        np.testing.assert_allclose(w.numpy(), s, rtol=1e-6)
+    step(2, 4.0)
+    step(3, 1.0)  # step 4 of 4: decay 0.5, slow moves half way, and the model ends on it
+    for w, s in zip(model.weights, slow):
+        np.testing.assert_allclose(w.numpy(), s + 0.5 * 5.0, rtol=1e-6)
+
+
+def test_translate_tta_averages_six_views_with_the_unmoved_pair_as_half():
+    images = np.random.default_rng(0).uniform(size=(2, 6, 6, 3)).astype(np.float32)
+    identity = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten()])  # a "model" showing its view
+    got = keras.ops.convert_to_numpy(with_flip_translate_tta(identity)(images)).reshape(images.shape)
+    padded = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
+    views = [images, padded[:, :6, :6], padded[:, 2:, 2:]]
+    pairs = [(v + v[:, :, ::-1]) / 2 for v in views]
+    np.testing.assert_allclose(got, pairs[0] / 2 + pairs[1] / 4 + pairs[2] / 4, atol=1e-6)
+
+
+def asymmetric_frame(folder, n=8, size=8):
+    """Images that differ from each other and from their mirrors; label = the image's index."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.png"
+        tf.io.write_file(str(path), tf.io.encode_png(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)))
+        paths.append(str(path))
+    return pd.DataFrame({"path": paths, "label": np.arange(n)})
+
+
+def test_alternate_flips_mirror_each_image_on_every_other_epoch(tmp_path):
+    frame = asymmetric_frame(tmp_path)
+    loader = TFDataLoader(
+        image_size=8,
+        batch_size=3,
+        preprocess=lambda x: x,
+        augmentation=Augmentation(flip=True, rotation=0.0, shift=0.0, zoom=0.0),
+        cache="memory",
+        alternate_flips=True,
+    )
+    originals = {y: x for x, y in zip(*map(np.concatenate, zip(*loader.evaluation(frame).as_numpy_iterator())))}
+    training = loader.training(frame)
+    assert training.cardinality() == 3  # Keras still knows the epoch's length
+    flipped = []
+    for _ in range(4):
+        seen = {}
+        for x, y in training.as_numpy_iterator():
+            for image, label in zip(x, y):
+                original = originals[label]
+                same, mirrored = np.array_equal(image, original), np.array_equal(image, original[:, ::-1])
+                assert same != mirrored
+                seen[label] = mirrored
+        flipped.append([seen[i] for i in range(len(frame))])
+    flipped = np.array(flipped)
+    assert 0 < flipped[0].sum() < len(frame)  # the first epoch flips a random half, about
+    assert (flipped[1:] != flipped[:-1]).all()  # then every image changes side every epoch
+
+
+def test_whole_pixel_shifts_reach_every_offset_and_nothing_between():
+    augmentation = Augmentation(flip=False, rotation=0.0, shift=2 / 32, zoom=0.0)
+    transforms = affine_transforms(4000, 32.0, 32.0, tf.constant([3, 4], tf.int64), augmentation, whole_pixels=True)
+    shifts = transforms.numpy()[:, [2, 5]]
+    assert set(np.unique(shifts)) == {-2.0, -1.0, 0.0, 1.0, 2.0}
+    counts = np.unique(shifts[:, 0], return_counts=True)[1]
+    assert counts.min() > 0.8 * counts.max()  # uniform among the five
