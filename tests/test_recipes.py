@@ -14,7 +14,8 @@ import pytest
 from dogbreeds.config import RECIPES, Augmentation, BatchAugmentation, TrainConfig
 from dogbreeds.pipeline import TFDataLoader
 from dogbreeds.training import competition_phases
-from tests.conftest import TINY, dogbreeds
+
+from conftest import TINY, dogbreeds
 
 CLASSES = 3
 
