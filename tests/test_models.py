@@ -25,9 +25,9 @@ def test_registry_has_the_competition_backbones():
 
 
 # Building takes seconds a backbone: the suite builds one of each family (its own preprocessing)
-# and the competition's; `pytest -m slow` builds the rest (docs/recipes.md has its time).
+# and the competition's; `pytest -m slow` builds the rest.
 QUICK = sorted(
-    {"tiny_cnn", "inception_resnet_v2", "xception", "resnet50", "resnet50_v2", "mobilenet_v2", "mobilenet_v3_large"}
+    {"tiny_cnn", "inception_resnet_v2", "resnet50", "resnet50_v2", "mobilenet_v2", "mobilenet_v3_large"}
     | {"efficientnet_b0", "efficientnet_v2_s", "convnext_tiny"}
 )
 OTHERS = sorted(set(BACKBONES) - set(QUICK))

@@ -248,7 +248,8 @@ def wait_for_epochs(run, n, process, timeout=240):
     raise AssertionError(f"no {n} epochs within {timeout}s")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+# SIGKILL's cut is also tested on a k-fold run (test_folds); this one runs with `pytest -m slow`.
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGTERM])
 def test_killed_training_resumes_from_its_last_epoch(competition, tmp_path, sig):
     run = tmp_path / "run"
     process = start_training(competition, run, epochs=3, fine_tune_epochs=6)
