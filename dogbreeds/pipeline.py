@@ -285,9 +285,9 @@ def batch_augmenter(augmentation: BatchAugmentation, classes: int, preprocess: P
         if erasing:
             images = erasing(images, training=True)
         images = preprocess(images)
-        targets = tf.one_hot(labels, classes) * (1 - smoothing) + smoothing / classes
         if not a.soft_targets:
             return images, labels
+        targets = tf.one_hot(labels, classes) * (1 - smoothing) + smoothing / classes
         batch = {"images": images, "labels": targets}
         if mixup and cutmix:
             use_mixup = keras.random.uniform((), seed=draws) < 0.5
