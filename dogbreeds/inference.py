@@ -70,13 +70,18 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
 def with_flip_translate_tta(model: keras.Model, pixels: int = 1) -> keras.Model:
     """The model averaged over six views, in one compiled graph: each image and its mirror, as
     they are and moved `pixels` up-left and down-right (edges reflected), as airbench predicts.
-    The unmoved pair weighs as much as the four moved views together."""
+    The unmoved pair weighs as much as the four moved views together. Like airbench it averages
+    logits: the softmax of the views' mean log-probability is the softmax of their mean logits."""
     inputs = keras.Input(model.input_shape[1:])
     height, width = model.input_shape[1:3]
     padded = keras.ops.pad(inputs, [(0, 0), (pixels, pixels), (pixels, pixels), (0, 0)], mode="reflect")
     moved = [padded[:, :height, :width], padded[:, 2 * pixels :, 2 * pixels :]]
-    pairs = [(model(x) + model(keras.ops.flip(x, axis=2))) / 2.0 for x in [inputs, *moved]]
-    outputs = pairs[0] / 2.0 + (pairs[1] + pairs[2]) / 4.0
+
+    def log_probabilities(x):
+        return keras.ops.log(keras.ops.maximum(model(x), 1e-30))
+
+    pairs = [(log_probabilities(x) + log_probabilities(keras.ops.flip(x, axis=2))) / 2.0 for x in [inputs, *moved]]
+    outputs = keras.ops.softmax(pairs[0] / 2.0 + (pairs[1] + pairs[2]) / 4.0)
     return keras.Model(inputs, outputs)
 
 

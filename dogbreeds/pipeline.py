@@ -191,11 +191,18 @@ def _turned(transforms: tf.Tensor, orientations: tf.Tensor, stored: tf.Tensor) -
 
 
 @tf.function(jit_compile=True)
-def warp(images: tf.Tensor, transforms: tf.Tensor, sizes: tf.Tensor | None = None, size: int | None = None):
+def warp(
+    images: tf.Tensor,
+    transforms: tf.Tensor,
+    sizes: tf.Tensor | None = None,
+    size: int | None = None,
+    reflect: bool = False,
+):
     """Bilinear resampling of each image by its affine map, to (size, size) float32.
 
     `sizes` are the images' true (height, width) inside their padding (default: all of it);
-    coordinates outside are clamped, so outside pixels repeat the nearest edge. Written as four
+    coordinates outside are clamped, so outside pixels repeat the nearest edge, or with `reflect`
+    mirror the pixels inside it (as a reflect-padded crop, up to one image size out). Written as four
     gathers and compiled with XLA: on a CPU several times faster than TensorFlow's
     ImageProjectiveTransform kernel (which resamples each channel apart), and it resizes too.
     """
@@ -207,8 +214,11 @@ def warp(images: tf.Tensor, transforms: tf.Tensor, sizes: tf.Tensor | None = Non
     ys, xs = tf.meshgrid(tf.range(out_height, dtype=tf.float32), tf.range(out_width, dtype=tf.float32), indexing="ij")
     t = transforms[:, :, None, None]
     last_y, last_x = sizes[:, 0, None, None] - 1, sizes[:, 1, None, None] - 1
-    sx = tf.clip_by_value(t[:, 0] * xs + t[:, 1] * ys + t[:, 2], 0.0, tf.cast(last_x, tf.float32))
-    sy = tf.clip_by_value(t[:, 3] * xs + t[:, 4] * ys + t[:, 5], 0.0, tf.cast(last_y, tf.float32))
+    edge_x, edge_y = tf.cast(last_x, tf.float32), tf.cast(last_y, tf.float32)
+    sx, sy = t[:, 0] * xs + t[:, 1] * ys + t[:, 2], t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
+    if reflect:
+        sx, sy = edge_x - tf.abs(edge_x - tf.abs(sx)), edge_y - tf.abs(edge_y - tf.abs(sy))
+    sx, sy = tf.clip_by_value(sx, 0.0, edge_x), tf.clip_by_value(sy, 0.0, edge_y)
     x0, y0 = tf.floor(sx), tf.floor(sy)
     fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]
     left, top = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
@@ -231,10 +241,12 @@ def random_affine(
     mirrored: tf.Tensor | None = None,
     whole_pixels: bool = False,
 ) -> tf.Tensor:
-    """Flip, rotation, shift and zoom as one warp per image (one resampling), float32 out."""
+    """Flip, rotation, shift and zoom as one warp per image (one resampling), float32 out.
+    Whole-pixel shifts reflect the edges, as crops of a reflect-padded image (airbench)."""
     shape = tf.shape(batch)
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    return warp(batch, affine_transforms(shape[0], height, width, seed, augmentation, mirrored, whole_pixels))
+    transforms = affine_transforms(shape[0], height, width, seed, augmentation, mirrored, whole_pixels)
+    return warp(batch, transforms, reflect=whole_pixels)
 
 
 def photometric_operations(magnitude: float, seed: int) -> list[keras.layers.Layer]:
@@ -331,7 +343,7 @@ class Loader:
     # TFDataLoader with a cache: each image mirrored on alternate epochs (from a random first
     # one) rather than at random, which shows both sides more evenly (airbench)
     alternate_flips: bool = False
-    whole_pixels: bool = False  # TFDataLoader: shifts by whole pixels only
+    whole_pixels: bool = False  # TFDataLoader: shifts by whole pixels only, edges reflected
 
     def training(self, frame: pd.DataFrame):
         """Batches of (images, labels), shuffled and augmented afresh each epoch."""

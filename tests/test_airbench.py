@@ -11,7 +11,7 @@ import tensorflow as tf
 from dogbreeds.config import Augmentation
 from dogbreeds.inference import with_flip_translate_tta
 from dogbreeds.models import CIFAR_ARCHITECTURES, image_patches, whiten
-from dogbreeds.pipeline import TFDataLoader, affine_transforms
+from dogbreeds.pipeline import TFDataLoader, affine_transforms, random_affine
 from dogbreeds.training import Lookahead
 
 
@@ -62,14 +62,17 @@ def test_lookahead_pulls_the_slow_weights_toward_the_fast_ones():
         np.testing.assert_allclose(w.numpy(), s + 0.5 * 5.0, rtol=1e-6)
 
 
-def test_translate_tta_averages_six_views_with_the_unmoved_pair_as_half():
+def test_translate_tta_averages_the_logits_of_six_views_with_the_unmoved_pair_as_half():
     images = np.random.default_rng(0).uniform(size=(2, 6, 6, 3)).astype(np.float32)
-    identity = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten()])  # a "model" showing its view
-    got = keras.ops.convert_to_numpy(with_flip_translate_tta(identity)(images)).reshape(images.shape)
+    # a "model" whose logits are its view's pixels
+    softmax = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Flatten(), keras.layers.Softmax()])
+    got = keras.ops.convert_to_numpy(with_flip_translate_tta(softmax)(images))
     padded = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
     views = [images, padded[:, :6, :6], padded[:, 2:, 2:]]
-    pairs = [(v + v[:, :, ::-1]) / 2 for v in views]
-    np.testing.assert_allclose(got, pairs[0] / 2 + pairs[1] / 4 + pairs[2] / 4, atol=1e-6)
+    pairs = [(v + v[:, :, ::-1]).reshape(2, -1) / 2 for v in views]
+    logits = pairs[0] / 2 + pairs[1] / 4 + pairs[2] / 4
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
 def asymmetric_frame(folder, n=8, size=8):
@@ -118,3 +121,13 @@ def test_whole_pixel_shifts_reach_every_offset_and_nothing_between():
     assert set(np.unique(shifts)) == {-2.0, -1.0, 0.0, 1.0, 2.0}
     counts = np.unique(shifts[:, 0], return_counts=True)[1]
     assert counts.min() > 0.8 * counts.max()  # uniform among the five
+
+
+def test_whole_pixel_shifts_are_crops_of_the_reflect_padded_image():
+    image = np.random.default_rng(0).integers(0, 256, (1, 6, 6, 3)).astype(np.uint8)
+    augmentation = Augmentation(flip=False, rotation=0.0, shift=2 / 6, zoom=0.0)
+    padded = np.pad(image[0], [(2, 2), (2, 2), (0, 0)], mode="reflect")
+    crops = {padded[y : y + 6, x : x + 6].tobytes() for y in range(5) for x in range(5)}
+    for seed in range(20):
+        out = random_affine(tf.constant(image), tf.constant([seed, 1], tf.int64), augmentation, whole_pixels=True)
+        assert out.numpy()[0].astype(np.uint8).tobytes() in crops
