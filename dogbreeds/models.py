@@ -388,7 +388,7 @@ def _airbench(input_shape, n_classes: int, widths=(64, 256, 256)) -> keras.Model
     """airbench94's network (Keller Jordan, 2024): a 2x2 whitening convolution (set from the data by
     `whiten`, then frozen), three groups of conv-pool-norm-GELU-conv-norm-GELU, max pooling, and
     logits scaled by 1/9. BatchNormalization learns its shift only; its statistics move fast
-    to keep up with a 10-epoch run (PyTorch's momentum 0.6 weighs the new batch: Keras' 0.4)."""
+    to keep up with a 10-epoch run (momentum 0.6: airbench's PyTorch momentum of 0.4)."""
     inputs = keras.Input(input_shape, name="image")
     whitening = layers.Conv2D(2 * input_shape[-1] * 2 * 2, 2, name="whiten")  # every 2x2 patch direction, +-
     x = layers.Activation("gelu")(whitening(inputs))
@@ -400,7 +400,7 @@ def _airbench(input_shape, n_classes: int, widths=(64, 256, 256)) -> keras.Model
             x = conv(x)
             if pool:
                 x = layers.MaxPooling2D()(x)
-            x = layers.BatchNormalization(momentum=0.4, epsilon=1e-5, scale=False, name=f"norm{i}_{j}")(x)
+            x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"norm{i}_{j}")(x)
             x = layers.Activation("gelu")(x)
     x = layers.GlobalMaxPooling2D()(x)
     x = layers.Dense(n_classes, use_bias=False, kernel_initializer=TORCH_INIT)(x)

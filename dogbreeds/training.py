@@ -149,9 +149,9 @@ class KeepToBudget(keras.callbacks.Callback):
 class Lookahead(keras.callbacks.Callback):
     """Lookahead (Zhang et al., 2019) as airbench uses it: every `every` steps the slow weights
     move toward the model's, slow += (1 - decay) (fast - slow), and the model continues from
-    them; after the last step it keeps them. `decay(fraction of training done)` lets the pull
-    grow during training. Every float weight takes part, BatchNormalization's statistics too.
-    A callback: Keras has no lookahead optimizer.
+    them, as it does after each epoch's last step (validation and checkpoints see them).
+    `decay(fraction of training done)` lets the pull grow during training. Every float weight
+    takes part, BatchNormalization's statistics too. A callback: Keras has no lookahead optimizer.
     """
 
     def __init__(self, every: int = 5, decay: Callable[[float], float] = lambda done: 0.95**5 * done**3):
@@ -171,7 +171,7 @@ class Lookahead(keras.callbacks.Callback):
         if step % self.every == 0:
             rate = 1.0 - self.decay(step / self.total)
             self.slow = [s + rate * (w.value - s) for s, w in zip(self.slow, self.weights)]
-        if step % self.every == 0 or step == self.total:
+        if step % self.every == 0 or batch + 1 == self.params["steps"]:  # an epoch's end: before validation
             for s, w in zip(self.slow, self.weights):
                 w.assign(s)
 

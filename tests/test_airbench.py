@@ -40,7 +40,7 @@ def test_lookahead_pulls_the_slow_weights_toward_the_fast_ones():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     lookahead = Lookahead(every=2, decay=lambda done: 0.5 * done)
     lookahead.set_model(model)
-    lookahead.set_params({"epochs": 1, "steps": 4})
+    lookahead.set_params({"epochs": 1, "steps": 5})
     start = [w.numpy() for w in model.weights]
     lookahead.on_train_begin()
     lookahead.on_epoch_begin(0)
@@ -50,16 +50,19 @@ def test_lookahead_pulls_the_slow_weights_toward_the_fast_ones():
             w.assign(w.numpy() + shift)
         lookahead.on_train_batch_end(batch)
 
+    def assert_on(expected):
+        for w, e in zip(model.weights, expected):
+            np.testing.assert_allclose(w.numpy(), e, rtol=1e-6)
+
     step(0, 1.0)  # step 1: no sync, the model keeps its fast weights
-    np.testing.assert_allclose(model.weights[1].numpy(), start[1] + 1.0)
-    step(1, 2.0)  # step 2 of 4: decay 0.25, slow = start + 0.75 x (fast - start) = start + 2.25
-    slow = [s + 0.75 * 3.0 for s in start]
-    for w, s in zip(model.weights, slow):
-        np.testing.assert_allclose(w.numpy(), s, rtol=1e-6)
+    assert_on([s + 1.0 for s in start])
+    step(1, 2.0)  # step 2 of 5: decay 0.2, slow = start + 0.8 x (fast - start), and the model goes on from it
+    assert_on([s + 0.8 * 3.0 for s in start])
     step(2, 4.0)
-    step(3, 1.0)  # step 4 of 4: decay 0.5, slow moves half way, and the model ends on it
-    for w, s in zip(model.weights, slow):
-        np.testing.assert_allclose(w.numpy(), s + 0.5 * 5.0, rtol=1e-6)
+    step(3, 1.0)  # step 4: decay 0.4, slow moves 0.6 of the way to the fast weights (2.4 + 5)
+    assert_on([s + 2.4 + 0.6 * 5.0 for s in start])
+    step(4, 10.0)  # the epoch's last step: the model returns to the slow weights before validation
+    assert_on([s + 5.4 for s in start])
 
 
 def test_translate_tta_averages_the_logits_of_six_views_with_the_unmoved_pair_as_half():
