@@ -5,7 +5,8 @@
 
 from pathlib import Path
 
-from dogbreeds.config import TrainConfig, option_table
+from dogbreeds.config import TrainConfig
+from dogbreeds.options import option_table
 
 PAGE = Path(__file__).resolve().parent.parent / "docs" / "options.md"
 START, END = "<!-- options:train -->\n", "<!-- /options:train -->"

@@ -17,7 +17,6 @@ files, which says whether the input pipeline hides behind the model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -41,7 +40,6 @@ from dogbreeds.images import inspect_images
 from dogbreeds.inference import make_loader, predict, with_flip_tta
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.pipeline import prefetched
-from dogbreeds.runs import write_atomic
 from dogbreeds.synthetic import make_competition
 
 PHOTO_SIZE = (500, 375)  # what a typical Kaggle dog photo costs to decode
@@ -156,7 +154,7 @@ def _frames(
 def bench(
     data: str | Path | None = None,
     *,
-    image_size: int = 331,
+    image_size: int | None = None,
     backbone: str = "inception_resnet_v2",
     weights: str = "none",
     batch_size: int = 32,
@@ -168,6 +166,7 @@ def bench(
     """Every stage's images/s in one process; see the module's docstring."""
     if images < 1 or model_images < 1:
         raise DogbreedsError("--images and --model-images must be at least 1")
+    image_size = image_size or get_backbone(backbone).size  # an unknown name fails before any work
     config = TrainConfig(
         data=None if data is None else str(data),
         backbone=backbone,
@@ -177,7 +176,6 @@ def bench(
         precision=precision,
         recipe="classic",  # the loader stages compare like with like; the strong recipe has its own
     )
-    get_backbone(backbone)  # an unknown name fails before any work
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="dogbreeds-bench-") as folder:
         source, train, test = _frames(data, images, model_images, Path(folder))
@@ -217,20 +215,20 @@ def bench(
 
 def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> None:
     n, size = len(train), config.image_size
-    legacy = make_loader(replace(config.with_recipe("classic"), loader="legacy")).training(train)
+    legacy = make_loader(replace(config.with_recipe("classic"), loader="legacy").loading).training(train)
     seconds = _timed(lambda: [legacy[i] for i in range(len(legacy))])  # what fit does with it: one thread
     result.stages.append(Stage("legacy_loader", "legacy loader (ImageDataGenerator), augmented", n, seconds))
 
-    fast = make_loader(config).training(train)
+    fast = make_loader(config.loading).training(train)
     _drain(fast)  # the first epoch compiles the warp
     seconds = _timed(lambda: _drain(fast), repeats=3)
     result.stages.append(Stage("tfdata_loader", "default loader (tf.data), augmented", n, seconds))
     classes = int(train["label"].max()) + 1
-    strong = make_loader(config.with_recipe("strong"), classes=classes).training(train)
+    strong = make_loader(config.with_recipe("strong").loading, classes=classes).training(train)
     _drain(strong)
     what = "default loader, --recipe strong (its batch augmentation)"
     result.stages.append(Stage("tfdata_strong", what, n, _timed(lambda: _drain(strong), repeats=3)))
-    cached = make_loader(replace(config, cache_images="memory")).training(train)
+    cached = make_loader(replace(config, cache_images="memory").loading).training(train)
     _drain(cached)  # the first epoch fills the cache
     what = "default loader, --cache-images memory, later epochs"
     result.stages.append(Stage("tfdata_cached", what, n, _timed(lambda: _drain(cached), repeats=3)))
@@ -270,7 +268,7 @@ def _model(result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: 
     # each call, so the cost per image is the difference between a run on all images and on one batch.
     # Its first steps after tracing are slow (see the fit rows) and cannot be left out, so the
     # forward pass above is timed once too: with few images both carry that warm-up.
-    loader = make_loader(config)
+    loader = make_loader(config.loading)
 
     def submit_path(frame):
         return predict(model, loader, inspect_images(frame["path"].tolist()), tta=tta, desc="bench")
@@ -287,7 +285,7 @@ def _model(result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: 
     set_trainable(backbone, None, pretrained=config.pretrained)
     model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
     fit_frame = train.head(steps * batch)
-    files = make_loader(config).training(fit_frame)
+    files = make_loader(config.loading).training(fit_frame)
     labels = tf.constant(rng.integers(n_classes, size=batch), dtype=tf.int64)
     # Batched from slices, so that both datasets have the same signature and share one traced step.
     in_memory = tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch)
@@ -300,12 +298,3 @@ def _model(result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: 
     _drain(files)  # the first epoch compiles the warp, as in the first epoch of a run
     seconds = _timed(lambda: model.fit(files, epochs=1, verbose=0, shuffle=False), repeats=3)
     result.stages.append(Stage("fit_from_files", "fine-tuning epoch, from files, augmented", len(fit_frame), seconds))
-
-
-def write_json(result: BenchResult, path: str) -> None:
-    """The figures as JSON: to a file (atomically), or to standard output for '-'."""
-    text = json.dumps(result.to_dict(), indent=2)
-    if path == "-":
-        print(text)
-    else:
-        write_atomic(Path(path), text + "\n")

@@ -21,25 +21,15 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from dogbreeds import calibration as calibrating
-from dogbreeds.calibration import EPSILON, Calibration, clip
+from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, cross_validated, fit_calibration
 from dogbreeds.competition import Competition, readable_test_images
 from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.files import claim_output, probability_table, write_atomic
 from dogbreeds.inference import Predictor
-from dogbreeds.metrics import accuracy, log_loss
+from dogbreeds.metrics import accuracy, clip, log_loss
 from dogbreeds.places import kaggle_submission, submissions_dir
-from dogbreeds.runs import Run, write_atomic
+from dogbreeds.runs import Run
 from dogbreeds.submission import check_submission, write_csv
-
-
-def held_out(run: Run) -> pd.DataFrame:
-    """The run's predictions of the labelled images it did not train on: id, then its classes."""
-    name = Run.oof_file if run.folds > 1 else Run.val_predictions_file
-    if not run.file(name).is_file():
-        raise DogbreedsError(
-            f"run {run.path} has no {name} (trained by an older dogbreeds, which did not keep it); train it again"
-        )
-    return run.predictions(name).sort_values("id", kind="stable").reset_index(drop=True)
 
 
 def blended(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
@@ -53,7 +43,7 @@ def fit_weights(stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
     k = len(stack)
 
     def loss(w: np.ndarray) -> float:
-        return log_loss(clip(blended(w, stack), EPSILON), labels)
+        return log_loss(clip(blended(w, stack), DEFAULT_FLOOR), labels)
 
     fitted = minimize(
         loss,
@@ -69,13 +59,11 @@ def fit_weights(stack: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def _cross_validated(stack: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
     """The blend's log loss on each half with weights fitted on the other half, over all images."""
-    order = np.random.default_rng(seed).permutation(len(labels))
-    halves = order[: len(order) // 2], order[len(order) // 2 :]
-    total = 0.0
-    for fit_on, score_on in (halves, halves[::-1]):
-        weights = fit_weights(stack[:, fit_on], labels[fit_on])
-        total += log_loss(clip(blended(weights, stack[:, score_on]), EPSILON), labels[score_on]) * len(score_on)
-    return total / len(labels)
+
+    def score(weights, rows):
+        return log_loss(clip(blended(weights, stack[:, rows]), DEFAULT_FLOOR), labels[rows])
+
+    return cross_validated(len(labels), seed, lambda rows: fit_weights(stack[:, rows], labels[rows]), score)
 
 
 @dataclass
@@ -149,13 +137,12 @@ def blend(
                 f"runs {opened[0].path} and {run.path} have different classes or class orders; "
                 "blend runs trained on the same competition"
             )
-    tables = [held_out(run) for run in opened]
+    tables = [run.held_out().sort_values("id", kind="stable").reset_index(drop=True) for run in opened]
     _same_images(opened, tables)
     competition = predictors[0].competition(data, need_test=True)
     also = kaggle_submission() if out is None else None  # a kernel submits /kaggle/working/submission.csv
-    out = Path(out) if out is not None else submissions_dir() / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
-    if out.exists() and not force:
-        raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
+    default = submissions_dir() / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    out = claim_output(Path(out) if out is not None else default, force=force)
 
     classes = competition.classes
     label_of = dict(zip(competition.labels["id"], competition.labels["label"]))
@@ -166,13 +153,13 @@ def blend(
     stack = np.stack([table[classes].to_numpy(dtype=np.float64) for table in tables])
     weights = fit_weights(stack, labels)
     mixed = blended(weights, stack)
-    calibration = calibrating.fit(mixed, labels)
+    calibration = fit_calibration(mixed, labels)
     figures = {
         "images": len(labels),
-        "run_log_loss": [log_loss(clip(p, EPSILON), labels) for p in stack],
+        "run_log_loss": [log_loss(clip(p, DEFAULT_FLOOR), labels) for p in stack],
         "run_accuracy": [accuracy(p, labels) for p in stack],
-        "equal_weight_log_loss": log_loss(clip(stack.mean(axis=0), EPSILON), labels),
-        "blend_log_loss": log_loss(clip(mixed, EPSILON), labels),
+        "equal_weight_log_loss": log_loss(clip(stack.mean(axis=0), DEFAULT_FLOOR), labels),
+        "blend_log_loss": log_loss(clip(mixed, DEFAULT_FLOOR), labels),
         "blend_log_loss_cross_validated": _cross_validated(stack, labels) if len(labels) >= 4 else None,
         "blend_accuracy": accuracy(mixed, labels),
     }
@@ -180,8 +167,7 @@ def blend(
     images = readable_test_images(competition)
     tests = np.stack([_test_predictions(p, competition, images) for p in predictors])
     probabilities = calibration.apply(blended(weights, tests))
-    frame = pd.DataFrame(probabilities, columns=classes)
-    frame.insert(0, "id", competition.test_ids)
+    frame = probability_table(competition.test_ids, classes, probabilities)
     check_submission(frame, competition.test_ids, classes)
     figures["seconds"] = round(time.perf_counter() - started, 2)
     names = [str(run.path) for run in opened]

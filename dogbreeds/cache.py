@@ -32,11 +32,11 @@ import tensorflow as tf
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from dogbreeds.config import Augmentation, TrainConfig
+from dogbreeds.files import write_atomic
 from dogbreeds.models import build_backbone, get_backbone
 from dogbreeds.pipeline import DECODING_FORMAT, TFDataLoader
 from dogbreeds.places import feature_cache
-from dogbreeds.runs import write_atomic
+from dogbreeds.settings import Augmentation, Features
 
 FEATURE_FORMAT = 2  # 2: images decoded by the pipeline's uint8, DCT-scaled JPEG path
 
@@ -171,36 +171,33 @@ class FeatureCache:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def backbone_specs(config: TrainConfig) -> list[FeatureSpec]:
-    """One spec per backbone of the ensemble, each at --image-size or its native size."""
+def backbone_specs(features: Features) -> list[FeatureSpec]:
+    """One spec per backbone of the ensemble, each at --image-size or its own size."""
     return [
         FeatureSpec(
             backbone=name,
-            weights=config.weights_for(i),
-            image_size=config.image_size or get_backbone(name).native_size,
-            augmentation=config.augmentation,
-            seed=config.seed,
+            weights=weights,
+            image_size=features.image_size or get_backbone(name).size,
+            augmentation=features.augmentation,
+            seed=features.seed,
         )
-        for i, name in enumerate(config.backbones)
+        for name, weights in zip(features.backbones, features.weights)
     ]
 
 
-def ensemble_features(cache: FeatureCache, config: TrainConfig, images: pd.DataFrame, views: list[int]) -> np.ndarray:
+def ensemble_features(cache: FeatureCache, features: Features, images: pd.DataFrame, views: list[int]) -> np.ndarray:
     """Backbone vectors side by side, averaged over `views` (plain and mirror: flip TTA)."""
     parts = []
-    for spec in backbone_specs(config):
+    for spec in backbone_specs(features):
         stack = [cache.features(replace(spec, view=v), images) for v in views]
         parts.append(np.mean(stack, axis=0, dtype=np.float32))
     return np.concatenate(parts, axis=1)
 
 
-def training_features(cache: FeatureCache, config: TrainConfig, images: pd.DataFrame) -> np.ndarray:
+def training_features(cache: FeatureCache, features: Features, images: pd.DataFrame) -> np.ndarray:
     """Every view of every training image as its own row: (views x images, features)."""
-    return np.concatenate([ensemble_features(cache, config, images, [v]) for v in range(config.feature_views)])
-
-
-def evaluation_views(config: TrainConfig, tta: bool | None = None) -> list[int]:
-    return [0, 1] if (config.tta if tta is None else tta) else [0]
+    views = range(features.training_views)
+    return np.concatenate([ensemble_features(cache, features, images, [v]) for v in views])
 
 
 @dataclass
@@ -216,14 +213,14 @@ class HeadInputs:
 
 
 def head_inputs(
-    cache: FeatureCache, config: TrainConfig, train: pd.DataFrame, val: pd.DataFrame, others=()
+    cache: FeatureCache, features: Features, train: pd.DataFrame, val: pd.DataFrame, others=()
 ) -> HeadInputs:
-    views = evaluation_views(config)
+    views = features.evaluation_views()
     return HeadInputs(
-        x=training_features(cache, config, train),
-        y=np.tile(train["label"].to_numpy(), config.feature_views),
-        x_val=ensemble_features(cache, config, val, views),
-        others=[ensemble_features(cache, config, images, views) for images in others],
+        x=training_features(cache, features, train),
+        y=np.tile(train["label"].to_numpy(), features.training_views),
+        x_val=ensemble_features(cache, features, val, views),
+        others=[ensemble_features(cache, features, images, views) for images in others],
     )
 
 
@@ -249,9 +246,9 @@ class LabelledVectors:
         )
 
 
-def labelled_vectors(cache: FeatureCache, config: TrainConfig, images: pd.DataFrame, others=()) -> LabelledVectors:
+def labelled_vectors(cache: FeatureCache, features: Features, images: pd.DataFrame, others=()) -> LabelledVectors:
     """One extraction of `images` (and of `others`, for later) that serves every fold."""
-    views = [ensemble_features(cache, config, images, [v]) for v in range(config.feature_views)]
+    views = [ensemble_features(cache, features, images, [v]) for v in range(features.training_views)]
     for frame in others:
-        ensemble_features(cache, config, frame, evaluation_views(config))
-    return LabelledVectors(images, views, ensemble_features(cache, config, images, evaluation_views(config)))
+        ensemble_features(cache, features, frame, features.evaluation_views())
+    return LabelledVectors(images, views, ensemble_features(cache, features, images, features.evaluation_views()))

@@ -16,21 +16,17 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.metrics import TINY, log_loss
+from dogbreeds.metrics import TINY, clip, log_loss
 
-EPSILON = 1e-6  # the default floor, as Kaggle submissions have always been clipped
+DEFAULT_FLOOR = 1e-6  # what submissions are clipped at without a calibration, as they have always been
 FLOORS = (1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
 TEMPERATURE_BOUNDS = (0.05, 20.0)
-
-
-def clip(probabilities: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
-    """Clip to [epsilon, 1 - epsilon] and renormalise each row."""
-    p = np.clip(probabilities, epsilon, 1.0 - epsilon)
-    return p / p.sum(axis=1, keepdims=True)
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -46,7 +42,7 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
 def fit_temperature(
     probabilities: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
 ) -> float:
-    """The T in `bounds` minimising log loss, by golden-section search on log T; 1.0 unless better.
+    """The T in `bounds` minimising log loss (scipy's bounded scalar search on log T); 1.0 unless better.
 
     The loss is convex in 1/T, hence unimodal in log T, so the search finds the minimum.
     """
@@ -54,27 +50,14 @@ def fit_temperature(
     def loss(log_t: float) -> float:
         return log_loss(apply_temperature(probabilities, math.exp(log_t)), labels)
 
-    lo, hi = math.log(bounds[0]), math.log(bounds[1])
-    ratio = (math.sqrt(5) - 1) / 2
-    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-    fa, fb = loss(a), loss(b)
-    while hi - lo > 1e-4:
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - ratio * (hi - lo)
-            fa = loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + ratio * (hi - lo)
-            fb = loss(b)
-    best = (a + b) / 2
-    return math.exp(best) if loss(best) < loss(0.0) else 1.0
+    found = minimize_scalar(loss, bounds=(math.log(bounds[0]), math.log(bounds[1])), options={"xatol": 1e-4})
+    return math.exp(found.x) if found.fun < loss(0.0) else 1.0
 
 
 def choose_floor(probabilities: np.ndarray, labels: np.ndarray, floors=FLOORS) -> float:
     """The floor with the lowest log loss; the default unless another is strictly better."""
     n_classes = probabilities.shape[1]
-    best, best_loss = EPSILON, log_loss(clip(probabilities, EPSILON), labels)
+    best, best_loss = DEFAULT_FLOOR, log_loss(clip(probabilities, DEFAULT_FLOOR), labels)
     for floor in floors:
         if floor >= 1.0 / n_classes:  # a floor that high would flatten every row
             continue
@@ -109,7 +92,7 @@ class Calibration:
     """What `submit` and `predict` apply, with the validation figures that justified it."""
 
     temperature: float = 1.0
-    floor: float = EPSILON
+    floor: float = DEFAULT_FLOOR
     tta: bool = True  # whether the validation predictions it was fitted on used flip TTA
     images: int = 0
     log_loss_before: float = float("nan")  # default floor, T = 1
@@ -146,7 +129,7 @@ class Calibration:
         return calibration
 
 
-def fit(probabilities: np.ndarray, labels: np.ndarray, *, tta: bool = True, seed: int = 0) -> Calibration:
+def fit_calibration(probabilities: np.ndarray, labels: np.ndarray, *, tta: bool = True, seed: int = 0) -> Calibration:
     """Temperature, then floor, each kept only where it generalises; never worse than T = 1 and the default floor.
 
     Fitted on few images, a temperature can lower their log loss by chance alone. So each
@@ -156,69 +139,78 @@ def fit(probabilities: np.ndarray, labels: np.ndarray, *, tta: bool = True, seed
     cross-validated one is that of the corrections kept.
     """
     labels = np.asarray(labels)
-    halves = _halves(len(labels), seed)
-    before = log_loss(clip(probabilities), labels)
+    splittable = len(labels) >= 4  # two halves of two images at least
+    before = log_loss(clip(probabilities, DEFAULT_FLOOR), labels)
     temperature = fit_temperature(probabilities, labels)
-    if halves and _cross_validated(probabilities, labels, halves, refit_temperature=True) >= before:
+    if splittable and _cross_validated(probabilities, labels, seed, refit_temperature=True) >= before:
         temperature = 1.0
     tempered = apply_temperature(probabilities, temperature)
     floor = choose_floor(tempered, labels)
-    without_floor = log_loss(clip(tempered), labels)
-    if halves and _cross_validated(probabilities, labels, halves, temperature=temperature) >= without_floor:
-        floor = EPSILON
+    without_floor = log_loss(clip(tempered, DEFAULT_FLOOR), labels)
+    if splittable and _cross_validated(probabilities, labels, seed, temperature=temperature) >= without_floor:
+        floor = DEFAULT_FLOOR
     calibration = Calibration(temperature=temperature, floor=floor, tta=tta, images=len(labels))
     after = log_loss(calibration.apply(probabilities), labels)
     if after > before:  # cannot happen by construction; kept as the promise in code
-        calibration.temperature, calibration.floor, after = 1.0, EPSILON, before
+        calibration.temperature, calibration.floor, after = 1.0, DEFAULT_FLOOR, before
     calibration.log_loss_before, calibration.log_loss_after = before, after
     calibration.log_loss_after_cross_validated = (
         _cross_validated(
             probabilities,
             labels,
-            halves,
+            seed,
             refit_temperature=calibration.temperature != 1.0,
-            refit_floor=calibration.floor != EPSILON,
+            refit_floor=calibration.floor != DEFAULT_FLOOR,
         )
-        if halves
+        if splittable
         else float("nan")
     )
     return calibration
 
 
-def _halves(n: int, seed: int):
-    """Two halves of the images, drawn from the seed; None when there are too few to split."""
-    if n < 4:
-        return None
+def cross_validated(n: int, seed: int, fit: Callable, score: Callable) -> float:
+    """A correction's figure on images it was not fitted on: fitted on one seeded half of the `n`
+    images and scored (mean per image) on the other, both ways; the mean over all images.
+    `fit(rows)` returns what `score(fitted, rows)` uses. Calibration and blending both ask it."""
     order = np.random.default_rng(seed).permutation(n)
-    return order[: n // 2], order[n // 2 :]
+    halves = order[: n // 2], order[n // 2 :]
+    total = sum(score(fit(fit_on), score_on) * len(score_on) for fit_on, score_on in (halves, halves[::-1]))
+    return total / n
 
 
 def _cross_validated(
     probabilities: np.ndarray,
     labels: np.ndarray,
-    halves,
+    seed: int,
     *,
     refit_temperature: bool = False,
     refit_floor: bool = True,
     temperature: float = 1.0,
 ) -> float:
-    """Log loss of each half under corrections fitted on the other half (`temperature` unless
-    `refit_temperature`; the default floor unless `refit_floor`), over all images."""
-    total = 0.0
-    for fit_on, score_on in (halves, halves[::-1]):
-        t = fit_temperature(probabilities[fit_on], labels[fit_on]) if refit_temperature else temperature
-        tempered = apply_temperature(probabilities[fit_on], t)
-        f = choose_floor(tempered, labels[fit_on]) if refit_floor else EPSILON
-        total += log_loss(clip(apply_temperature(probabilities[score_on], t), f), labels[score_on]) * len(score_on)
-    return total / len(labels)
+    """Log loss under corrections fitted on the other half (`temperature` unless
+    `refit_temperature`; the default floor unless `refit_floor`)."""
+
+    def fit(rows):
+        t = fit_temperature(probabilities[rows], labels[rows]) if refit_temperature else temperature
+        floor = choose_floor(apply_temperature(probabilities[rows], t), labels[rows]) if refit_floor else DEFAULT_FLOOR
+        return t, floor
+
+    def score(fitted, rows):
+        t, floor = fitted
+        return log_loss(clip(apply_temperature(probabilities[rows], t), floor), labels[rows])
+
+    return cross_validated(len(labels), seed, fit, score)
 
 
 def usage_note(calibration: Calibration | None, *, available: bool, tta: bool, where: Path) -> str:
     """One line saying which probabilities the user gets, and how to change that."""
     if calibration is None:
         if available:
-            return f"calibration in {where} not applied (--no-calibrate): probabilities clipped at {EPSILON:g}"
-        return f"no calibration in {where}: probabilities clipped at {EPSILON:g}; run `dogbreeds evaluate` to fit one"
+            return f"calibration in {where} not applied (--no-calibrate): probabilities clipped at {DEFAULT_FLOOR:g}"
+        return (
+            f"no calibration in {where}: probabilities clipped at {DEFAULT_FLOOR:g}; "
+            "run `dogbreeds evaluate` to fit one"
+        )
     line = (
         f"calibrated with temperature {calibration.temperature:.3f} and floor {calibration.floor:g} "
         f"(validation log loss {calibration.log_loss_before:.4f} -> {calibration.log_loss_after:.4f})"

@@ -1,7 +1,8 @@
 """The `dogbreeds` command: options in, the library called, each result's own text out.
 
-The options of `train` and `cifar` are not written here: they are read from the fields of
-`TrainConfig` and `CifarConfig` (`dogbreeds.config.option`). TensorFlow is imported inside the
+The options are not written here: they are read from the fields of `TrainConfig` (train),
+`PredictOptions` (the commands that use trained runs: one name, meaning and help per flag
+everywhere) and `CifarConfig` (`dogbreeds.options.option`). TensorFlow is imported inside the
 commands that need it, so `--help`, `runs` and `score` answer at once.
 """
 
@@ -22,17 +23,11 @@ from typing import Literal, Optional
 import typer
 from typer.core import TyperGroup
 
-from dogbreeds.config import (
-    PRECISIONS,
-    STRATEGIES,
-    CifarConfig,
-    TrainConfig,
-    flag_of,
-    from_options,
-    is_flag,
-    option_fields,
-)
+from dogbreeds.cifar.config import CifarConfig, model_names
+from dogbreeds.config import IMAGE_SIZE_HELP, PredictOptions, TrainConfig
 from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.options import flag_of, from_options, is_flag, option_fields
+from dogbreeds.settings import PRECISIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
 
@@ -109,13 +104,15 @@ def _before_any_command(
         _import_tensorflow_quietly()
 
 
-def with_config_options(config_class):
-    """The command also takes every option declared in `config_class`, passed on as **options."""
+def with_config_options(config_class, *only: str):
+    """The command also takes the options declared in `config_class` (all, or those named in
+    `only`, in that order), passed on as **options."""
 
     def decorate(function):
         own = [p for p in inspect.signature(function).parameters.values() if p.kind != p.VAR_KEYWORD]
         declared = []
-        for f, kind, _ in option_fields(config_class):
+        fields = {f.name: (f, kind) for f, kind, _ in option_fields(config_class)}
+        for f, kind in [fields[name] for name in only] if only else fields.values():
             spec = f.metadata["option"]
             name = flag_of(f)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -131,20 +128,6 @@ def with_config_options(config_class):
         return function
 
     return decorate
-
-
-RunOption = typer.Option(None, "--run", help="Run folder or name under runs/. Default: the newest run.")
-RunDataOption = typer.Option(None, "--data", help="Competition folder. Default: the run's.")
-TTAOption = typer.Option(True, "--tta/--no-tta", help="Average each image with its mirror.")
-BatchSizeOption = typer.Option(None, "--batch-size", help="Images per prediction step. Default: the run's.")
-CalibrateOption = typer.Option(
-    True,
-    "--calibrate/--no-calibrate",
-    help="Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one.",
-)
-StrategyOption = typer.Option(
-    "auto", help="tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device."
-)
 
 
 @app.command()
@@ -178,83 +161,69 @@ def train(
 
 
 @app.command()
-def submit(
-    run: Optional[str] = RunOption,
-    data: Optional[Path] = RunDataOption,
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write. Default: submissions/<run name>.csv."),
-    tta: bool = TTAOption,
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
-    batch_size: Optional[int] = BatchSizeOption,
-    calibrate: bool = CalibrateOption,
-    strategy: Literal[STRATEGIES] = StrategyOption,
-):
+@with_config_options(PredictOptions, "run", "data", "out", "force", "tta", "calibrate", "batch_size", "strategy")
+def submit(**options):
     """Predict every test image and write a submission CSV in the sample_submission format."""
     from dogbreeds.submission import submit as write_submission
 
+    o = PredictOptions(**options)
     result = write_submission(
-        run, data, out, tta=tta, force=force, batch_size=batch_size, calibrate=calibrate, strategy=strategy
-    )
+        o.run, o.data, o.out, tta=o.tta, force=o.force, batch_size=o.batch_size, calibrate=o.calibrate,
+        strategy=o.strategy,
+    )  # fmt: skip
     typer.echo(result.text())
 
 
 @app.command()
-def evaluate(
-    run: Optional[str] = RunOption,
-    data: Optional[Path] = RunDataOption,
-    tta: bool = TTAOption,
-    batch_size: Optional[int] = BatchSizeOption,
-):
-    """Score the run on its validation split, fit its calibration, and write tables and pictures."""
+@with_config_options(PredictOptions, "run", "data", "tta", "batch_size")
+def evaluate(**options):
+    """Score the run on the images it held out, fit its calibration, and write tables and pictures."""
     from dogbreeds.evaluation import evaluate as evaluate_run
+    from dogbreeds.evaluation import write_evaluation
 
-    typer.echo(evaluate_run(run, data, tta=tta, batch_size=batch_size).text())
+    o = PredictOptions(**options)
+    typer.echo(write_evaluation(evaluate_run(o.run, o.data, tta=o.tta, batch_size=o.batch_size)).text())
 
 
 @app.command()
+@with_config_options(PredictOptions, "run", "top", "json", "tta", "calibrate", "batch_size")
 def predict(
     images: list[Path] = typer.Argument(..., help="JPEG or PNG files, or folders of them (searched with sub-folders)."),
-    run: Optional[str] = RunOption,
-    top: int = typer.Option(5, "--top", help="How many breeds to show per image."),
-    as_json: bool = typer.Option(
-        False, "--json", help="One JSON object per line: path, predictions [{breed, probability}]."
-    ),
-    tta: bool = TTAOption,
-    calibrate: bool = CalibrateOption,
-    batch_size: Optional[int] = BatchSizeOption,
+    **options,
 ):
     """The most likely breeds of each photo, with probabilities."""
     from dogbreeds.prediction import predict_images
 
-    result = predict_images(images, run, top=top, tta=tta, calibrate=calibrate, batch_size=batch_size)
-    typer.echo(result.calibration_note, err=as_json)  # stdout stays pure JSON lines
-    typer.echo(result.text(as_json))
+    o = PredictOptions(**options)
+    result = predict_images(images, o.run, top=o.top, tta=o.tta, calibrate=o.calibrate, batch_size=o.batch_size)
+    typer.echo(result.calibration_note, err=o.json)  # stdout stays pure JSON lines
+    typer.echo(result.text(o.json))
 
 
 @app.command()
+@with_config_options(PredictOptions, "run", "out", "force")
 def export(
-    run: Optional[str] = RunOption,
     format: str = typer.Option(..., "--format", help="savedmodel, tflite or keras."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Folder to write. Default: RUN/export-FORMAT."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing --out folder."),
+    **options,
 ):
     """The run as one model: uint8 images at its size in, probabilities out, classes.json beside it."""
     from dogbreeds.exporting import export as export_run
 
-    typer.echo(export_run(run, format, out, force=force).text())
+    o = PredictOptions(**options)
+    typer.echo(export_run(o.run, format, o.out, force=o.force).text())
 
 
 @app.command()
+@with_config_options(PredictOptions, "data", "out", "force", "batch_size")
 def blend(
     runs: list[str] = typer.Argument(..., help="Two or more run folders (or names under runs/)."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Competition folder. Default: the first run's."),
-    out: Optional[Path] = typer.Option(None, "--out", help="CSV to write. Default: submissions/blend-<time>.csv."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing --out file."),
-    batch_size: Optional[int] = BatchSizeOption,
+    **options,
 ):
     """Average runs with weights fitted on their held-out images, calibrate, and write the submission."""
     from dogbreeds.blending import blend as blend_runs
 
-    typer.echo(blend_runs(runs, data, out, force=force, batch_size=batch_size).text())
+    o = PredictOptions(**options)
+    typer.echo(blend_runs(runs, o.data, o.out, force=o.force, batch_size=o.batch_size).text())
 
 
 @app.command()
@@ -281,26 +250,26 @@ def score(
 
 
 @app.command()
+@with_config_options(PredictOptions, "tta", "json")
 def bench(
     data: Optional[Path] = typer.Option(
         None, "--data", help="Competition folder to read. Default: generated 500x375 JPEGs (a photo's decoding cost)."
     ),
-    image_size: int = typer.Option(331, help="Square input size in pixels."),
+    image_size: Optional[int] = typer.Option(None, help=IMAGE_SIZE_HELP),
     backbone: str = typer.Option("inception_resnet_v2", help="Backbone of the forward and fine-tuning figures."),
     weights: str = typer.Option("none", help="none, imagenet or a .h5 file: speed does not depend on them."),
     batch_size: int = typer.Option(32, help="Images per batch."),
     images: int = typer.Option(512, help="Training images the loaders read."),
     model_images: int = typer.Option(128, help="Images the model sees in the forward, submit and fine-tuning figures."),
-    tta: bool = TTAOption,
     precision: Literal[PRECISIONS] = typer.Option("auto", help="As for train: auto picks by device."),
-    json_path: Optional[str] = typer.Option(
-        None, "--json", help="Also write the figures as JSON to this file ('-': standard output, and no table)."
-    ),
+    **options,
 ):
     """Images/s of the legacy and default loaders, decoding, the forward pass and submit, side by side."""
-    from dogbreeds.bench import bench as run_bench
-    from dogbreeds.bench import write_json
+    import json
 
+    from dogbreeds.bench import bench as run_bench
+
+    o = PredictOptions(**options)
     result = run_bench(
         data,
         image_size=image_size,
@@ -309,40 +278,42 @@ def bench(
         batch_size=batch_size,
         images=images,
         model_images=model_images,
-        tta=tta,
+        tta=o.tta,
         precision=precision,
     )
-    if json_path != "-":
-        typer.echo(result.text())
-    if json_path:
-        write_json(result, json_path)
+    typer.echo(json.dumps(result.to_dict(), indent=2) if o.json else result.text())
 
 
 @app.command()
 @with_config_options(CifarConfig)
 def cifar(
     model: str = typer.Option(
-        "cnn", help="mlp, seed-cnn (the write-ups' networks), cnn (airbench94's recipe), resnet9, transfer, or all."
+        "airbench",
+        help="mlp, seed-cnn (the write-ups' networks), airbench (airbench94's recipe; also: cnn), resnet9, transfer, "
+        "a comma-separated list, or all.",
     ),
     run_dir: Optional[Path] = typer.Option(None, help="Default: runs/<dataset>-<model>-<date>."),
     **options,
 ):
     """CIFAR-10/100 experiments on the same engine: a perceptron, CNNs, transfer learning; `all` ends with a table."""
-    from dogbreeds.cifar import parse_models, run_cifar
+    from dogbreeds.cifar.experiment import run_cifar
 
-    models = parse_models(model)
+    models = model_names(model)
     config = from_options(CifarConfig, {**options, "model": models[0]})
     typer.echo(run_cifar(config, models, str(run_dir) if run_dir else None).text())
 
 
 @app.command()
 def backbones():
-    """List the registered backbones: parameters, native input size, what their weights saw."""
+    """List the registered backbones: parameters, native and default input size, what their weights saw."""
     from dogbreeds.models import BACKBONES
 
-    typer.echo(f"{'backbone':22s} {'parameters':>12s} {'native':>7s}  pretrained on")
+    typer.echo(f"{'backbone':22s} {'parameters':>12s} {'native':>7s} {'size':>7s}  pretrained on")
     for spec in BACKBONES.values():
-        typer.echo(f"{spec.name:22s} {spec.parameters / 1e6:11.1f}M {spec.native_size:5d}px  {spec.pretraining}")
+        typer.echo(
+            f"{spec.name:22s} {spec.parameters / 1e6:11.1f}M {spec.native_size:5d}px {spec.size:5d}px  "
+            f"{spec.pretraining}"
+        )
 
 
 @app.command()
@@ -371,7 +342,7 @@ def weights(
 def demo(
     folder: Path = typer.Option(Path("demo"), "--dir", help="Where the generated competition and run go."),
     backbone: str = typer.Option("tiny_cnn", help="Backbone to train from scratch (no download)."),
-    image_size: int = typer.Option(64, help="Image size."),
+    image_size: Optional[int] = typer.Option(None, help=IMAGE_SIZE_HELP),
     epochs: int = typer.Option(2, help="Frozen-phase epochs."),
     fine_tune_epochs: int = typer.Option(8, help="Fine-tuning epochs."),
 ):

@@ -1,7 +1,8 @@
-"""The Kaggle layout: where the files are, the classes, the test ids and the split.
+"""The Kaggle layout: where the files are, the classes, the test ids, and the labelled images a run uses.
 
-The split a run trains on (`prepare_data`) lives here too: `train` and `evaluate` must
-compute the very same images from the same config.
+The split a run trains on (`prepare_data`, from the run's `Split`) lives here too: a resumed
+run must hold out the very same images, and a k-fold run's folds must cover all the labelled
+images (`Data.images`) once each.
 
 DIR/labels.csv               id,breed    (image: DIR/train/<id>.jpg)
 DIR/test/<id>.jpg
@@ -20,10 +21,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.images import inspect_images
 from dogbreeds.places import kaggle_competition
+from dogbreeds.settings import Split
 
 KAGGLE_HINT = (
     "download it with `kaggle competitions download -c dog-breed-identification` and unzip it there, or pass --data DIR"
@@ -162,12 +163,18 @@ def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort((tiebreak, position))
 
 
-def split(
+def subset(labels: pd.DataFrame, *, seed: int, limit: int | None = None) -> pd.DataFrame:
+    """--limit: a stratified subset of `limit` labelled images, the same for the same seed, in their order."""
+    if limit is None or limit >= len(labels):
+        return labels
+    return labels.iloc[np.sort(stratified_order(labels["label"].to_numpy(), seed)[:limit])]
+
+
+def split_frame(
     labels: pd.DataFrame, *, val_split: float, seed: int, limit: int | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Stratified hold-out, the same for the same seed; --limit first takes a stratified subset."""
-    if limit is not None and limit < len(labels):
-        labels = labels.iloc[np.sort(stratified_order(labels["label"].to_numpy(), seed)[:limit])]
+    labels = subset(labels, seed=seed, limit=limit)
     order = stratified_order(labels["label"].to_numpy(), seed + 1)
     n_val = max(1, round(val_split * len(labels)))
     if n_val >= len(labels):
@@ -177,21 +184,6 @@ def split(
     return labels.iloc[train].reset_index(drop=True), labels.iloc[val].reset_index(drop=True)
 
 
-@dataclass
-class Data:
-    """A run's labelled images: its training and validation frames, and what was left out."""
-
-    competition: Competition
-    train: pd.DataFrame
-    val: pd.DataFrame
-    skipped: pd.DataFrame  # id, path, problem of the images left out
-
-    def labelled(self) -> pd.DataFrame:
-        """The training and validation images together, in labels.csv's order."""
-        both = pd.concat([self.train, self.val]).set_index("id")
-        return both.loc[[i for i in self.competition.labels["id"] if i in both.index]].reset_index()
-
-
 def fold_split(
     labels: pd.DataFrame, *, folds: int, fold: int, seed: int, limit: int | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -199,8 +191,7 @@ def fold_split(
 
     The same seed gives the same folds, and every image is held out by exactly one fold.
     """
-    if limit is not None and limit < len(labels):
-        labels = labels.iloc[np.sort(stratified_order(labels["label"].to_numpy(), seed)[:limit])]
+    labels = subset(labels, seed=seed, limit=limit)
     counts = labels["label"].value_counts()
     if counts.max() < folds:
         raise DogbreedsError(
@@ -218,42 +209,66 @@ def labels_digest(competition: "Competition") -> str:
     return hashlib.sha256((competition.root / "labels.csv").read_bytes()).hexdigest()[:16]
 
 
-def prepare_data(config: TrainConfig) -> Data:
-    """The run's split (the same images for the same config), unreadable images left out.
+@dataclass(frozen=True)
+class Data:
+    """The labelled images a run uses, checked once: every image it may train on or hold out
+    (`images`, readable, in labels.csv's order, with their EXIF orientation) and those left out
+    as unreadable (`skipped`: id, path, problem). `held_out(fold)` cuts them by the run's split."""
+
+    competition: Competition
+    split: Split
+    images: pd.DataFrame
+    skipped: pd.DataFrame
+
+    def held_out(self, fold: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(training, held-out) images: of fold `fold` (default: the split's) of a k-fold run, or
+        the --val-split. The cut is made on the --limit subset before unreadable images are left
+        out, so a fixed or broken file never moves another image to the other side."""
+        s, labels = self.split, self.competition.labels
+        if s.folds > 1:
+            train, val = fold_split(labels, folds=s.folds, fold=fold or s.fold or 1, seed=s.seed, limit=s.limit)
+        else:
+            train, val = split_frame(labels, val_split=s.val_split, seed=s.seed, limit=s.limit)
+        readable = self.images.set_index("id")["orientation"]
+        return tuple(
+            frame[frame["id"].isin(readable.index)].assign(orientation=lambda f: f["id"].map(readable)).reset_index(
+                drop=True
+            )
+            for frame in (train, val)
+        )
+
+    @property
+    def train(self) -> pd.DataFrame:
+        return self.held_out()[0]
+
+    @property
+    def val(self) -> pd.DataFrame:
+        return self.held_out()[1]
+
+
+def prepare_data(data: str | Path | None, split: Split) -> Data:
+    """The labelled images of a run (the same images for the same split), unreadable ones left out.
 
     Every image's header is read once; those that cannot be read are skipped and named,
     and past --max-unreadable the run refuses to start rather than learn from a broken copy.
     """
-    competition = Competition.load(config.data)
+    competition = Competition.load(data)
     if not (competition.root / "train").is_dir():
         raise DogbreedsError(f"{competition.root / 'train'} not found: unzip train.zip there")
-    if config.folds > 1:
-        train_frame, val_frame = fold_split(
-            competition.labels, folds=config.folds, fold=config.fold or 1, seed=config.seed, limit=config.limit
-        )
-    else:
-        train_frame, val_frame = split(
-            competition.labels, val_split=config.val_split, seed=config.seed, limit=config.limit
-        )
-    used = pd.concat([train_frame, val_frame], ignore_index=True)
+    used = subset(competition.labels, seed=split.seed, limit=split.limit).reset_index(drop=True)
     report = inspect_images(used["path"].tolist())  # only the images this run uses (--limit)
-    orientation = dict(zip(report["path"], report["orientation"]))
-    train_frame = train_frame.assign(orientation=train_frame["path"].map(orientation))
-    val_frame = val_frame.assign(orientation=val_frame["path"].map(orientation))
     bad = (report["problem"] != "").to_numpy()
     skipped = used.loc[bad, ["id", "path"]].assign(problem=report.loc[bad, "problem"].to_numpy())
     if len(skipped):
         listing = "; ".join(f"{r.id} ({r.problem})" for r in skipped.head(3).itertuples())
-        if bad.mean() > config.max_unreadable:
+        if bad.mean() > split.max_unreadable:
             raise DogbreedsError(
                 f"{len(skipped)} of {len(used)} training images in {competition.root / 'train'} cannot be read "
-                f"(first: {listing}); over --max-unreadable {config.max_unreadable:g}: fix those files or their rows"
+                f"(first: {listing}); over --max-unreadable {split.max_unreadable:g}: fix those files or their rows"
             )
         log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
-        unreadable = set(skipped["path"])
-        train_frame = train_frame[~train_frame["path"].isin(unreadable)].reset_index(drop=True)
-        val_frame = val_frame[~val_frame["path"].isin(unreadable)].reset_index(drop=True)
-    return Data(competition, train_frame, val_frame, skipped)
+    images = used.assign(orientation=report["orientation"].to_numpy())[~bad].reset_index(drop=True)
+    return Data(competition, split, images, skipped.reset_index(drop=True))
 
 
 def readable_test_images(competition: Competition) -> pd.DataFrame:

@@ -1,198 +1,43 @@
 """The typed configuration of a run, saved as JSON in the run folder.
 
-Each option is declared once, as a dataclass field made by `option()`: its default, its help,
-its choices and its bounds. The command line (`dogbreeds.cli`), the validation below and the
-option table of docs/options.md (`option_table`) are all read from these declarations.
+Each option is declared once, as a dataclass field made by `options.option()`: its default, its
+help, its choices and its bounds. The command line (`dogbreeds.cli`), the validation below and
+the option table of docs/options.md are all read from these declarations. A validated config is
+never changed: `dataclasses.replace` makes another. The stages below the jobs never see it
+whole: each takes its own small settings (`split`, `loading`, `features`, `head_settings`,
+`predict_settings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dogbreeds import __version__
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.options import check_options, option, require
+from dogbreeds.settings import (
+    PRECISIONS,
+    STRATEGIES,
+    Augmentation,
+    BatchAugmentation,
+    Features,
+    HeadSettings,
+    Loading,
+    PredictSettings,
+    Split,
+)
 
 RUN_FORMAT = 1  # bump when a run folder written by this version cannot be read by an older one
 
-PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-STRATEGIES = ("auto", "default", "mirrored", "tpu")
 
-
-@dataclass(frozen=True)
-class Option:
-    """How one field appears on the command line and what values it accepts."""
-
-    help: str
-    flag: str | None = None  # the option's name; default: --field-name (booleans get --x/--no-x)
-    choices: tuple[str, ...] = ()
-    at_least: float | None = None  # inclusive lower bound
-    positive: bool = False
-    within: tuple[float, float, str] | None = None  # (low, high, ends: "[)", "()", "(]" or "[]")
-    shown_default: str | None = None  # the README's default column, where the value alone says too little
-    table: str | None = None  # the README's meaning column, where it says more than --help
-
-    def problem(self, value) -> str | None:
-        """What is wrong with `value`, or None; None values mean "the default" and pass."""
-        if value is None:
-            return None
-        if self.choices and value not in self.choices:
-            return f"must be one of {', '.join(self.choices)}, got {value!r}"
-        if self.at_least is not None and value < self.at_least:
-            bound = "0 or more" if self.at_least == 0 else f"at least {self.at_least:g}"
-            return f"must be {bound}, got {value}"
-        if self.positive and not value > 0:
-            return f"must be positive, got {value}"
-        if self.within is not None:
-            low, high, ends = self.within
-            above = low <= value if ends[0] == "[" else low < value
-            below = value <= high if ends[1] == "]" else value < high
-            if not (above and below):
-                if ends == "()":
-                    return f"must be between {low:g} and {high:g}, got {value}"
-                return f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {value}"
-        return None
-
-
-def option(default=dataclasses.MISSING, help: str = "", *, default_factory=dataclasses.MISSING, **how):
-    """A dataclass field that is also a command-line option."""
-    return field(default=default, default_factory=default_factory, metadata={"option": Option(help, **how)})
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    spec: Option = f.metadata["option"]
-    return spec.flag or "--" + f.name.replace("_", "-")
-
-
-def is_flag(kind) -> bool:
-    """An on/off option (--x/--no-x); `bool | None` is one whose default comes from elsewhere."""
-    return kind is bool or kind == (bool | None)
-
-
-def option_fields(cls) -> list[tuple[dataclasses.Field, type, tuple[str, ...]]]:
-    """(field, type, path) of every option of a config class, nested dataclasses flattened."""
-    hints = typing.get_type_hints(cls)
-    found = []
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            found += [(inner, t, (f.name, *path)) for inner, t, path in option_fields(kind)]
-        elif "option" in f.metadata:
-            found.append((f, kind, (f.name,)))
-    return found
-
-
-def _check_options(config) -> None:
-    """Each field's own bounds, as the one-line error the user sees."""
-    for f, _, path in option_fields(type(config)):
-        value = config
-        for name in path:
-            value = getattr(value, name)
-        problem = f.metadata["option"].problem(value)
-        if problem:
-            raise DogbreedsError(f"{flag_of(f)} {problem}")
-
-
-def from_options(cls, values: dict):
-    """A config from the command line's values, keyed by field name (nested dataclasses flattened)."""
-    values = dict(values)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
-            values[f.name] = kind(**{g.name: values.pop(g.name) for g in dataclasses.fields(kind) if g.name in values})
-    return cls(**values)
-
-
-def _require(checks: list[tuple[bool, str]]) -> None:
-    """The first failed check between options, as the one-line error the user sees."""
-    for ok, message in checks:
-        if not ok:
-            raise DogbreedsError(message)
-
-
-def _default_text(f: dataclasses.Field, kind) -> str:
-    spec: Option = f.metadata["option"]
-    if spec.shown_default is not None:
-        return spec.shown_default
-    value = f.default
-    if kind is bool:
-        return "on" if value else "off"
-    return "" if value is None else f"`{value}`"
-
-
-def option_table(cls) -> str:
-    """The README's table of a config's options: option, default, meaning."""
-    lines = ["| option | default | meaning |", "| --- | --- | --- |"]
-    for f, kind, _ in option_fields(cls):
-        spec: Option = f.metadata["option"]
-        name = flag_of(f)
-        if is_flag(kind):
-            name = f"{name}/--no-{name[2:]}"
-        meaning = spec.table or spec.help
-        if spec.choices:
-            meaning += " (" + ", ".join(f"`{c}`" for c in spec.choices) + ")"
-        lines.append(f"| `{name}` | {_default_text(f, kind)} | {meaning} |")
-    return "\n".join(lines)
-
-
-@dataclass
-class Augmentation:
-    """Training-time augmentation; the ranges mean what ImageDataGenerator's do."""
-
-    flip: bool = option(True, "Random horizontal mirror.")
-    rotation: float = option(15.0, "Random rotation range, degrees: uniform in [-rotation, rotation].")
-    shift: float = option(0.1, "Random shift range, a fraction of the size.", within=(0, 1, "[)"))
-    zoom: float = option(
-        0.15, "Random zoom range: scale in [1-zoom, 1+zoom]; above 1 shows more of the image.", within=(0, 1, "[)")
-    )
-
-    @classmethod
-    def none(cls) -> "Augmentation":
-        return cls(flip=False, rotation=0.0, shift=0.0, zoom=0.0)
-
-    @property
-    def enabled(self) -> bool:
-        return self.flip or bool(self.rotation or self.shift or self.zoom)
-
-
-@dataclass
-class BatchAugmentation:
-    """What a whole training batch goes through after the warp: RandAugment's photometric
-    operations and random erasing on its pixels, then label smoothing, MixUp and CutMix on its
-    targets. None means the value of --recipe."""
-
-    randaugment: int | None = option(
-        None, "RandAugment: photometric operations per batch (0: off).", at_least=0, shown_default="recipe"
-    )
-    randaugment_magnitude: float | None = option(
-        None, "RandAugment strength, 0 to 1 (Keras' factor).", within=(0, 1, "(]"), shown_default="recipe"
-    )
-    random_erasing: float | None = option(
-        None, "Probability that an image gets a rectangle of noise (0: off).", within=(0, 1, "[]"),
-        shown_default="recipe",
-    )  # fmt: skip
-    mixup: float | None = option(None, "MixUp alpha (0: off).", at_least=0, shown_default="recipe")
-    cutmix: float | None = option(
-        None, "CutMix alpha (0: off); with --mixup, each batch gets one of the two.", at_least=0,
-        shown_default="recipe",
-    )  # fmt: skip
-    label_smoothing: float | None = option(
-        None, "Share of each target spread over all classes (0: off).", within=(0, 1, "[)"), shown_default="recipe"
-    )
-
-    @property
-    def soft_targets(self) -> bool:
-        """The targets become distributions over the classes, not class indices."""
-        return bool(self.label_smoothing or self.mixup or self.cutmix)
-
-    @property
-    def enabled(self) -> bool:
-        return self.soft_targets or bool(self.randaugment or self.random_erasing)
-
+IMAGE_SIZE_HELP = (
+    "Square input size in pixels. Default: the backbone's size in `dogbreeds backbones` (its native size; "
+    "inception_resnet_v2 331, the competition's setting)."
+)
+TTA_HELP = "Average each image with its mirror."
 
 # A recipe is a set of defaults; any option given on the command line overrides its value.
 RECIPES: dict[str, dict] = {
@@ -239,9 +84,9 @@ class TrainConfig:
     )
     image_size: int | None = option(
         None,
-        "Square input size in pixels. Default: 331 to fine-tune; each backbone's native size for features.",
+        IMAGE_SIZE_HELP,
         at_least=32,
-        shown_default="331 (features: native)",
+        shown_default="the backbone's",
     )
     batch_size: int = option(32, "Images per training step.", at_least=1)
     epochs: int = option(5, "Epochs with the backbone frozen (head only).", at_least=0)
@@ -313,7 +158,12 @@ class TrainConfig:
     feature_views: int = option(
         2, "features: views per training image (plain, mirror, then augmented).", at_least=1
     )
-    tta: bool = option(True, "features: validate on the average of each image and its mirror.")
+    tta: bool = option(
+        True,
+        TTA_HELP,
+        table="Average each image with its mirror in the held-out predictions (val_predictions.csv, oof.csv) and "
+        "the validation figures they give; `submit`, `evaluate` and `predict` take the same flag",
+    )
     recipe: str = option(
         "strong",
         "Defaults of the options marked recipe: classic (the seed's) or strong (docs/recipes.md).",
@@ -348,8 +198,6 @@ class TrainConfig:
             self.batch_augmentation = BatchAugmentation(**self.batch_augmentation)
         if self.recipe in RECIPES:
             self._fill_from_recipe()
-        if self.method == "finetune" and self.image_size is None:
-            self.image_size = 331  # the competition setting
         self.validate()
 
     def _fill_from_recipe(self) -> None:
@@ -368,9 +216,9 @@ class TrainConfig:
         return given[index] if len(given) > 1 else given[0]
 
     def validate(self) -> None:
-        _check_options(self)
+        check_options(self)
         n_weights = len(self.weights.split(","))
-        _require(
+        require(
             [
                 (
                     self.method == "features" or len(self.backbones) == 1,
@@ -414,8 +262,53 @@ class TrainConfig:
     def fine_tune_lr(self) -> float:
         return self.fine_tune_learning_rate or self.learning_rate * self.fine_tune_share
 
+    @property
+    def split(self) -> Split:
+        return Split(self.val_split, self.seed, self.limit, self.folds, self.fold, self.max_unreadable)
+
+    @property
+    def loading(self) -> Loading:
+        return Loading(
+            backbone=self.backbone,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            loader=self.loader,
+            seed=self.seed,
+            augmentation=self.augmentation,
+            batch_augmentation=self.batch_augmentation,
+            cache_images=self.cache_images,
+        )
+
+    @property
+    def features(self) -> Features:
+        return Features(
+            backbones=tuple(self.backbones),
+            weights=tuple(self.weights_for(i) for i in range(len(self.backbones))),
+            image_size=self.image_size,
+            augmentation=self.augmentation,
+            seed=self.seed,
+            training_views=self.feature_views,
+            tta=self.tta,
+            cache_dir=self.cache_dir,
+            batch_size=self.batch_size,
+        )
+
+    @property
+    def head_settings(self) -> HeadSettings:
+        return HeadSettings(self.head, self.dropout, self.learning_rate, self.patience, self.head_epochs, self.seed)
+
+    @property
+    def predict_settings(self) -> PredictSettings:
+        features = self.features if self.method == "features" else None
+        return PredictSettings(self.method, self.data, self.loading, features, self.tta)
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        """A run's config.json."""
+        return cls.from_json(path.read_text(), path)
 
     @classmethod
     def from_json(cls, text: str, source: Path | str = "config.json") -> "TrainConfig":
@@ -440,54 +333,37 @@ class TrainConfig:
         return cls(**raw)
 
 
-CIFAR_MODELS = ("mlp", "cnn", "resnet9", "seed-cnn", "transfer")
+@dataclass(frozen=True)
+class PredictOptions:
+    """The options of the commands that use trained runs (submit, evaluate, predict, blend, export,
+    and bench's output), declared once: each command takes the ones it needs, with one name, one
+    meaning and one help everywhere."""
 
-
-@dataclass
-class CifarConfig:
-    """`dogbreeds cifar`: one of the ten-class experiments; None means the model's own recipe."""
-
-    model: str = "cnn"  # one of CIFAR_MODELS; the command line also takes a list, or all
-    dataset: str = option("cifar10", "cifar10 or cifar100.", choices=("cifar10", "cifar100"))
-    data: str | None = option(
+    run: str | None = option(None, "Run folder or name under runs/. Default: the newest run.")
+    data: str | None = option(None, "Competition folder. Default: the run's.")
+    out: str | None = option(
         None,
-        "cifar-10-batches-py / cifar-100-python folder, or train/<class>/ and test/<class>/ image folders. "
-        "Default: download with keras.datasets.",
+        "Where to write. Default: submissions/<run name>.csv (blend: submissions/blend-<time>.csv; "
+        "export: RUN/export-FORMAT).",
     )
-    epochs: int | None = option(
-        None,
-        "Default: the model's recipe (mlp 30, seed-cnn 10, cnn 8, resnet9 30; transfer: head epochs, 60).",
-        at_least=1,
+    force: bool = option(False, "Replace what --out names.")
+    tta: bool = option(True, TTA_HELP)
+    calibrate: bool = option(
+        True, "Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one."
     )
-    batch_size: int | None = option(
-        None, "Default: the model's recipe (mlp 128, seed-cnn 32, cnn 1024, resnet9 512).", at_least=1
-    )
-    learning_rate: float | None = option(None, "Default: the model's recipe.", positive=True)
-    limit: int | None = option(None, "Use only N training images (a stratified subset).", at_least=20)
-    val_split: float = option(0.1, "Share of the training images held out for validation.", within=(0, 0.5, "()"))
-    seed: int = option(42, "Split, shuffling, augmentation and initial weights.")
-    precision: str = option(
-        "auto", "auto: float32 on a CPU; mixed_bfloat16 is faster on CPUs with AMX (Xeon 4th gen+).",
-        choices=PRECISIONS,
+    batch_size: int | None = option(None, "Images per prediction step. Default: the run's.", at_least=1)
+    strategy: str = option(
+        "auto", "tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",
+        choices=STRATEGIES,
     )  # fmt: skip
-    backbone: str = option("mobilenet_v2", "transfer: the frozen backbone.")
-    weights: str = option("imagenet", "transfer: imagenet, or the path of a .h5 weights file.")
-    image_size: int = option(96, "transfer: the images are upscaled to this.", at_least=32)
-    cache_dir: str = option("cache", "Image folders made from batches, and features.")
-    mode: str = "cifar"  # tells a CIFAR run folder from a competition run
-    version: str = __version__
-    run_format: int = RUN_FORMAT
+    top: int = option(5, "How many breeds to show per image.", at_least=1)
+    json: bool = option(False, "Print JSON instead of text (predict: one object per line; bench: the figures).")
 
     def __post_init__(self) -> None:
-        _require(
-            [
-                (
-                    self.model in CIFAR_MODELS,
-                    f"--model must be one of {', '.join(CIFAR_MODELS)} or all, got {self.model!r}",
-                )
-            ]
-        )
-        _check_options(self)
+        check_options(self)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
+
+def read_predict_settings(path: Path) -> PredictSettings:
+    """What a trained run's model needs to predict, read from its config.json: the stages below
+    the jobs take these small settings, never the whole configuration."""
+    return TrainConfig.load(path).predict_settings

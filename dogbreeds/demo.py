@@ -21,7 +21,7 @@ NEXT_STEP = "next: put the Kaggle files in ./data and run `dogbreeds train`, the
 @dataclass
 class DemoSettings:
     backbone: str = "tiny_cnn"
-    image_size: int = 64
+    image_size: int | None = None  # the backbone's size
     epochs: int = 2
     fine_tune_epochs: int = 8
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import keras
 import tensorflow as tf
 
-from dogbreeds.config import STRATEGIES
+from dogbreeds.settings import STRATEGIES
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 
 CPU_DEVICES_VARIABLE = "DOGBREEDS_CPU_DEVICES"  # split the CPU into N logical devices: replicas without GPUs

@@ -1,28 +1,28 @@
-"""`dogbreeds evaluate`: where the model goes wrong on the validation split, and a calibration.
+"""`dogbreeds evaluate`: where the model goes wrong on the images it held out, and a calibration.
 
-The split is recomputed exactly as training made it (same config, same seed), so these are
-the images the model was selected on but never trained on. Everything lands in the run
-folder: evaluation.json and evaluation.md (figures and tables), confusion.png, examples.png,
-reliability.png, and calibration.json, which `submit` and `predict` then apply.
+The images are the run's held-out ones, as its held-out predictions name them (the --val-split,
+or every labelled image out of fold for a k-fold run): the images the model was selected on
+but never trained on. `evaluate` computes (an `Evaluation`), `write_evaluation` draws and
+writes it into the run folder: evaluation.json and evaluation.md (figures and tables),
+confusion.png, examples.png, reliability.png, and calibration.json, which `submit` and
+`predict` then apply.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from dogbreeds import calibration as calibrating
-from dogbreeds.calibration import EPSILON, Calibration, clip, reliability
-from dogbreeds.competition import prepare_data
-from dogbreeds.errors import DogbreedsError
-from dogbreeds.inference import Predictor, check_classes
-from dogbreeds.metrics import confusion_matrix, top_k_accuracy
+from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, fit_calibration, reliability
+from dogbreeds.config import TrainConfig
+from dogbreeds.inference import Predictor
+from dogbreeds.metrics import clip, confusion_matrix, top_k_accuracy
 from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
 from dogbreeds.runs import Run
 
@@ -97,7 +97,10 @@ class Evaluation:
     per_breed: pd.DataFrame
     pairs: pd.DataFrame
     calibration: Calibration
-    files: list[Path] = field(default_factory=list)
+    images: pd.DataFrame  # the held-out images: id, path, label
+    classes: list[str]
+    raw: np.ndarray  # their predicted probabilities, before calibration
+    files: list[Path] = field(default_factory=list)  # what write_evaluation wrote
 
     def to_json(self) -> str:
         return json.dumps(
@@ -124,10 +127,10 @@ class Evaluation:
             "",
             f"per-breed accuracy, worst {min(worst, len(self.per_breed))} of {len(self.per_breed)} "
             f"(all in {self.run.file(Run.evaluation_report)}):",
-            _table(self.per_breed.head(worst), PER_BREED_COLUMNS, markdown=False),
+            _text_table(self.per_breed.head(worst)),
             "",
             "most-confused pairs:",
-            _table(self.pairs.head(pairs), PAIR_COLUMNS, markdown=False) if len(self.pairs) else "  (no mistakes)",
+            _text_table(self.pairs.head(pairs)) if len(self.pairs) else "  (no mistakes)",
             "",
             f"wrote {', '.join(p.name for p in self.files)} in {self.run.path}",
         ]
@@ -146,7 +149,7 @@ class Evaluation:
         calibration = [
             ("temperature", f"{c.temperature:.3f}"),
             ("probability floor", f"{c.floor:g}"),
-            (f"log loss before (T = 1, floor {EPSILON:g})", f"{c.log_loss_before:.4f}"),
+            (f"log loss before (T = 1, floor {DEFAULT_FLOOR:g})", f"{c.log_loss_before:.4f}"),
             ("log loss after", f"{c.log_loss_after:.4f}"),
             (
                 "log loss after, cross-validated (fit on one half, score the other)",
@@ -161,14 +164,14 @@ class Evaluation:
                 f"{s['date']}, data {s['data']}: the validation split training held out "
                 f"(val_split {s['val_split']}, seed {s['seed']}).",
                 "",
-                _table(pd.DataFrame(figures, columns=["", "value"]), ["", "value"]),
+                pd.DataFrame(figures, columns=["", "value"]).to_markdown(index=False),
                 "",
                 "## Calibration",
                 "",
                 "Fitted on these images and saved in calibration.json; `dogbreeds submit` and "
                 "`dogbreeds predict` apply it (`--no-calibrate` to not). The per-breed log loss below is calibrated.",
                 "",
-                _table(pd.DataFrame(calibration, columns=["", "value"]), ["", "value"]),
+                pd.DataFrame(calibration, columns=["", "value"]).to_markdown(index=False),
                 "",
                 "![reliability](reliability.png)",
                 "",
@@ -176,7 +179,7 @@ class Evaluation:
                 "",
                 "`a_as_b`: images of breed_a predicted as breed_b; `b_as_a` the other way.",
                 "",
-                _table(self.pairs, PAIR_COLUMNS) if len(self.pairs) else "No mistakes.",
+                self.pairs.to_markdown(index=False) if len(self.pairs) else "No mistakes.",
                 "",
                 "![confusion matrix](confusion.png)",
                 "",
@@ -186,65 +189,35 @@ class Evaluation:
                 "",
                 "## Per-breed accuracy, worst first",
                 "",
-                _table(self.per_breed, PER_BREED_COLUMNS),
+                self.per_breed.to_markdown(index=False, floatfmt=".4f"),
                 "",
             ]
         )
 
 
-PER_BREED_COLUMNS = ["breed", "images", "correct", "accuracy", "log_loss", "mistaken_for", "mistaken_times"]
-PAIR_COLUMNS = ["breed_a", "breed_b", "mistakes", "a_as_b", "b_as_a"]
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if not math.isnan(value) else ""
-    return str(value)
-
-
-def _table(frame: pd.DataFrame, columns: list[str], *, markdown: bool = True) -> str:
-    cells = [[_cell(v) for v in row] for row in frame[columns].itertuples(index=False)]
-    if markdown:
-        lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(columns)]
-    return "\n".join(
-        "  " + "  ".join(v.rjust(w) if v[:1].isdigit() else v.ljust(w) for v, w in zip(row, widths))
-        for row in [columns, *cells]
-    )
+def _text_table(frame: pd.DataFrame) -> str:
+    """A table as the terminal shows it: pandas' own layout, indented, figures to four places."""
+    text = frame.to_string(index=False, float_format="{:.4f}".format)
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def evaluate(
     run: str | Path | None = None, data: str | Path | None = None, *, tta: bool = True, batch_size: int | None = None
 ) -> Evaluation:
+    """The run's held-out images scored, per breed and per pair, and a calibration fitted on them."""
     predictor = Predictor.open(run, batch_size=batch_size, calibration=False)
-    opened, config = predictor.run, predictor.config
-    if data is not None:
-        config.data = str(data)
-    if opened.folds > 1:  # every labelled image, each predicted by the fold that held it out
-        if not tta:
-            raise DogbreedsError(
-                f"run {opened.path} is evaluated on its out-of-fold predictions (oof.csv), made with TTA; "
-                "drop --no-tta"
-            )
-        prepared = prepare_data(replace(config, fold=1))
-        val = prepared.labelled()
-        raw = opened.predictions(Run.oof_file).set_index("id").loc[val["id"]].to_numpy(dtype=np.float64)
-    else:
-        prepared = prepare_data(config)  # the very split training held out, unreadable images left out
-        val = prepared.val
-    competition = prepared.competition
-    check_classes(opened, competition)
+    opened = predictor.run
+    config = TrainConfig.load(opened.file(Run.config_file))
+    competition = predictor.competition(data)
+    held_out = predictor.held_out(competition, tta=tta)
+    images = competition.labels.set_index("id").loc[held_out["id"]].reset_index()
     classes = competition.classes
-    if opened.folds == 1:
-        raw = predictor.predict(val, tta=tta, desc="validation images")
-    labels = val["label"].to_numpy()
-    calibration = calibrating.fit(raw, labels, tta=tta, seed=config.seed)
-    before, after = clip(raw, EPSILON), calibration.apply(raw)
+    raw = held_out[classes].to_numpy(dtype=np.float64)
+    labels = images["label"].to_numpy()
+    calibration = fit_calibration(raw, labels, tta=tta, seed=config.seed)
+    before, after = clip(raw, DEFAULT_FLOOR), calibration.apply(raw)
     predicted = before.argmax(axis=1)
-    matrix = confusion_matrix(labels, predicted, len(classes))
-    pairs = confused_pairs(matrix, classes)
-    bins_before, bins_after = reliability(before, labels), reliability(after, labels)
+    pairs = confused_pairs(confusion_matrix(labels, predicted, len(classes)), classes)
     summary = {
         "run": str(opened.path),
         "data": str(competition.root),
@@ -260,44 +233,53 @@ def evaluate(
         "uniform_log_loss": math.log(len(classes)),
         "accuracy": float(np.mean(predicted == labels)),
         "top5_accuracy": top_k_accuracy(before, labels, 5),
-        "ece_before": bins_before["ece"],
-        "ece_after": bins_after["ece"],
+        "ece_before": reliability(before, labels)["ece"],
+        "ece_after": reliability(after, labels)["ece"],
     }
-    result = Evaluation(opened, summary, per_breed_table(after, labels, classes), pairs, calibration)
+    per_breed = per_breed_table(after, labels, classes)
+    return Evaluation(opened, summary, per_breed, pairs, calibration, images, classes, raw)
 
+
+def write_evaluation(result: Evaluation) -> Evaluation:
+    """Its pictures, tables and calibration into the run folder; `result.files` names them."""
+    run, classes, calibration, summary = result.run, result.classes, result.calibration, result.summary
+    labels = result.images["label"].to_numpy()
+    before, after = clip(result.raw, DEFAULT_FLOOR), calibration.apply(result.raw)
+    predicted = before.argmax(axis=1)
+    pairs = result.pairs
     plot_confusion(
-        matrix,
+        confusion_matrix(labels, predicted, len(classes)),
         classes,
-        opened.file(Run.confusion_plot),
-        title=f"Confusion matrix of {opened.name}: {len(labels)} validation images, accuracy {summary['accuracy']:.1%}",
+        run.file(Run.confusion_plot),
+        title=f"Confusion matrix of {run.name}: {len(labels)} validation images, accuracy {summary['accuracy']:.1%}",
         pairs=list(zip(pairs["breed_a"].head(5), pairs["breed_b"].head(5))),
     )
-    shown = example_order(labels, after, seed=config.seed)
+    shown = example_order(labels, after, seed=summary["seed"])
     n_wrong = int((predicted[shown] != labels[shown]).sum())
     plot_examples(
-        val["path"].iloc[shown].tolist(),
+        result.images["path"].iloc[shown].tolist(),
         [classes[i] for i in labels[shown]],
         after[shown, labels[shown]],
         [classes[i] for i in predicted[shown]],
         after[shown].max(axis=1),
-        opened.file(Run.examples_plot),
-        title=f"{opened.name}, validation images: {n_wrong} of the {int((predicted != labels).sum())} mistakes "
+        run.file(Run.examples_plot),
+        title=f"{run.name}, validation images: {n_wrong} of the {int((predicted != labels).sum())} mistakes "
         f"(most confident first), then {len(shown) - n_wrong} right predictions at random; calibrated probabilities",
     )
     plot_reliability(
         {
-            f"before calibration: log loss {calibration.log_loss_before:.3f}": bins_before,
+            f"before calibration: log loss {calibration.log_loss_before:.3f}": reliability(before, labels),
             f"after (T = {calibration.temperature:.2f}, floor {calibration.floor:g}): "
-            f"log loss {calibration.log_loss_after:.3f}": bins_after,
+            f"log loss {calibration.log_loss_after:.3f}": reliability(after, labels),
         },
-        opened.file(Run.reliability_plot),
-        title=f"Reliability of {opened.name} on {len(labels)} validation images",
+        run.file(Run.reliability_plot),
+        title=f"Reliability of {run.name} on {len(labels)} validation images",
     )
-    result.files = [opened.file(name) for name in (Run.confusion_plot, Run.examples_plot, Run.reliability_plot)]
+    result.files = [run.file(name) for name in (Run.confusion_plot, Run.examples_plot, Run.reliability_plot)]
     for name, text in (
         (Run.evaluation_file, result.to_json()),
         (Run.evaluation_report, result.markdown()),
         (Run.calibration_file, calibration.to_json()),
     ):
-        result.files.append(opened.write(name, text))
+        result.files.append(run.write(name, text))
     return result

@@ -62,10 +62,9 @@ def _named(model: keras.Model, name: str) -> keras.Model:
 
 def serving_model(predictor: Predictor) -> keras.Model:
     """uint8 images of the run's size in, the probabilities of its classes out."""
-    config = predictor.config
-    members = [fold.run for fold in predictor.folds] or [predictor.run]
-    if config.method == "features":
-        specs = backbone_specs(config)
+    settings = predictor.settings
+    if settings.features is not None:
+        specs = backbone_specs(settings.features)
         sizes = sorted({spec.image_size for spec in specs})
         if len(sizes) > 1:
             raise DogbreedsError(
@@ -74,7 +73,7 @@ def serving_model(predictor: Predictor) -> keras.Model:
             )
         size = sizes[0]
     else:
-        specs, size = [], config.image_size
+        specs, size = [], settings.loading.image_size
     images = keras.Input((size, size, 3), dtype="uint8", name=INPUT)
     if specs:  # backbones pooled and side by side, then the head: what the feature cache feeds it
         vectors = [
@@ -83,8 +82,8 @@ def serving_model(predictor: Predictor) -> keras.Model:
         ]
         inputs = vectors[0] if len(vectors) == 1 else layers.Concatenate(name="features")(vectors)
     else:
-        inputs = preprocessing(config.backbone, "preprocess")(images)
-    outputs = [_named(run.load_model(), f"model_{i}")(inputs) for i, run in enumerate(members, 1)]
+        inputs = preprocessing(settings.loading.backbone, "preprocess")(images)
+    outputs = [_named(run.load_model(), f"model_{i}")(inputs) for i, run in enumerate(predictor.run.members, 1)]
     probabilities = outputs[0] if len(outputs) == 1 else layers.Average(name="folds")(outputs)
     return keras.Model(images, probabilities, name=f"{predictor.run.name}_export")
 

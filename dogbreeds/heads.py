@@ -1,7 +1,7 @@
 """Heads trained on cached backbone vectors: a Keras dense head, or scikit-learn's logistic regression.
 
 `train --method features` and `cifar --model transfer` both call `fit_head`, which trains the
-head chosen by `config.head`, saves it as the run's model.keras and writes its history. Both
+head its `HeadSettings` name, saves it as the run's model.keras and writes its history. Both
 heads are saved as Keras models, so a head run is loaded and used like any other run.
 """
 
@@ -16,39 +16,40 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from dogbreeds.config import TrainConfig
+from dogbreeds.cache import HeadInputs
 from dogbreeds.errors import log
-from dogbreeds.metrics import log_loss
+from dogbreeds.metrics import scores
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
+from dogbreeds.settings import HeadSettings
 
 LOGREG_STRENGTHS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def train_dense_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) -> tuple[keras.Model, pd.DataFrame]:
+def train_dense_head(settings: HeadSettings, x, y, x_val, y_val, n_classes: int) -> tuple[keras.Model, pd.DataFrame]:
     """BatchNormalization, Dropout, Dense softmax; Adam; early stopping on validation loss.
 
     The best epoch's weights are restored. A head's validation loss wanders more than a
     fine-tuning phase's, so it waits at least 5 epochs for an improvement.
     """
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(settings.seed)
     inputs = keras.Input((x.shape[1],), name="features")
     normalised = keras.layers.BatchNormalization(dtype="float32", name="head_norm")(inputs)  # float32 always
-    dropped = keras.layers.Dropout(config.dropout, name="head_dropout")(normalised)
+    dropped = keras.layers.Dropout(settings.dropout, name="head_dropout")(normalised)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="breed")(dropped)
     model = keras.Model(inputs, outputs, name="dense_head")
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    stop = keras.callbacks.EarlyStopping(patience=max(5, config.patience), restore_best_weights=True)
+    stop = keras.callbacks.EarlyStopping(patience=max(5, settings.patience), restore_best_weights=True)
     fitted = model.fit(
         np.asarray(x, np.float32),
         np.asarray(y),
         validation_data=(np.asarray(x_val, np.float32), np.asarray(y_val)),
         batch_size=int(np.clip(len(x) // 32, 32, 256)),  # about 32 steps an epoch
-        epochs=config.head_epochs,
+        epochs=settings.epochs,
         callbacks=[stop],
         verbose=0,
     )
@@ -58,7 +59,7 @@ def train_dense_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) ->
     return model, history
 
 
-def train_logreg_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) -> tuple[keras.Model, pd.DataFrame]:
+def train_logreg_head(settings: HeadSettings, x, y, x_val, y_val, n_classes: int) -> tuple[keras.Model, pd.DataFrame]:
     """scikit-learn multinomial logistic regression, its strength C chosen on validation.
 
     The fitted coefficients go into an equivalent Keras model (standardise, Dense softmax),
@@ -71,10 +72,10 @@ def train_logreg_head(config: TrainConfig, x, y, x_val, y_val, n_classes: int) -
         fitted = LogisticRegression(C=c, max_iter=300).fit(z, y)
         probabilities = np.zeros((len(z_val), n_classes))
         probabilities[:, fitted.classes_] = fitted.predict_proba(z_val)
-        loss = log_loss(np.clip(probabilities, 1e-15, 1), y_val)
-        rows.append({"C": c, "val_loss": loss, "val_accuracy": float(np.mean(probabilities.argmax(1) == y_val))})
-        if best is None or loss < best[0]:
-            best = (loss, c, fitted)
+        found = scores(probabilities, y_val)  # as Kaggle clips them
+        rows.append({"C": c, "val_loss": found["log_loss"], "val_accuracy": found["accuracy"]})
+        if best is None or found["log_loss"] < best[0]:
+            best = (found["log_loss"], c, fitted)
     _, c, fitted = best
     log.info(f"logistic regression: C = {c:g} has the lowest validation log loss")
     coef = np.zeros((n_classes, x.shape[1]), np.float32)
@@ -114,10 +115,10 @@ class FittedHead:
         return int(self.history["val_loss"].idxmin()) + 1 if "epoch" in self.history else None
 
 
-def fit_head(run: Run, config: TrainConfig, x, y, x_val, y_val, n_classes: int, title: str) -> FittedHead:
-    """Train `config.head` on the vectors, save it as the run's model and write its history."""
+def fit_head(run: Run, settings: HeadSettings, inputs: HeadInputs, y_val, n_classes: int, title: str) -> FittedHead:
+    """Train the head on the vectors, save it as the run's model and write its history."""
     started = time.perf_counter()
-    model, history = HEADS[config.head](config, x, y, x_val, y_val, n_classes)
+    model, history = HEADS[settings.head](settings, inputs.x, inputs.y, inputs.x_val, y_val, n_classes)
     fitted = FittedHead(model, history, time.perf_counter() - started)
     run.save_model(model)
     if fitted.epochs is not None:

@@ -1,13 +1,14 @@
 """Prediction, shared by every command that runs a trained model.
 
-`make_loader` builds a run's loader from its config; `predict` runs a model over a frame of
-images, averaging each image with its mirror (flip TTA) in one compiled graph; a `Predictor`
-is a saved run ready to predict, whichever method trained it, with its calibration applied.
+`make_loader` builds a run's loader from its `Loading` settings (the one place that does);
+`predict` runs a model over a frame of images, averaging each image with its mirror (flip TTA)
+in one compiled graph; a `Predictor` is a saved run ready to predict, whichever method trained
+it and however many folds it has, with its calibration applied.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -16,30 +17,32 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from dogbreeds.cache import FeatureCache, ensemble_features, evaluation_views
-from dogbreeds.calibration import EPSILON, Calibration, clip, usage_note
+from dogbreeds.cache import FeatureCache, ensemble_features
+from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, usage_note
 from dogbreeds.competition import Competition
-from dogbreeds.config import TrainConfig
+from dogbreeds.config import read_predict_settings
 from dogbreeds.distribute import user_facing_failures
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.metrics import scores
+from dogbreeds.files import probability_table
+from dogbreeds.metrics import clip, scores
 from dogbreeds.models import get_backbone
 from dogbreeds.pipeline import LOADERS, Loader
 from dogbreeds.runs import Run
+from dogbreeds.settings import Loading, PredictSettings
 
 
-def make_loader(config: TrainConfig, replicas: int = 1, classes: int = 0) -> Loader:
+def make_loader(loading: Loading, replicas: int = 1, classes: int = 0) -> Loader:
     """The configured loader; its batches are global: --batch-size per replica, times the replicas.
     Training batches get target distributions over `classes` when the batch augmentation makes them."""
-    return LOADERS[config.loader](
-        image_size=config.image_size,
-        batch_size=config.batch_size * replicas,
-        preprocess=get_backbone(config.backbone).preprocess,
-        augmentation=config.augmentation,
-        seed=config.seed,
-        cache=config.cache_images,
+    return LOADERS[loading.loader](
+        image_size=loading.image_size,
+        batch_size=loading.batch_size * replicas,
+        preprocess=get_backbone(loading.backbone).preprocess,
+        augmentation=loading.augmentation,
+        seed=loading.seed,
+        cache=loading.cache_images,
         replicas=replicas,
-        batch_augmentation=config.batch_augmentation,
+        batch_augmentation=loading.batch_augmentation,
         classes=classes,
     )
 
@@ -64,24 +67,6 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
     inputs = keras.Input(model.input_shape[1:])
     mirrored = keras.ops.flip(inputs, axis=2)
     outputs = (model(inputs) + model(mirrored)) / 2.0
-    return keras.Model(inputs, outputs)
-
-
-def with_flip_translate_tta(model: keras.Model, pixels: int = 1) -> keras.Model:
-    """The model averaged over six views, in one compiled graph: each image and its mirror, as
-    they are and moved `pixels` up-left and down-right (edges reflected), as airbench predicts.
-    The unmoved pair weighs as much as the four moved views together. Like airbench it averages
-    logits: the softmax of the views' mean log-probability is the softmax of their mean logits."""
-    inputs = keras.Input(model.input_shape[1:])
-    height, width = model.input_shape[1:3]
-    padded = keras.ops.pad(inputs, [(0, 0), (pixels, pixels), (pixels, pixels), (0, 0)], mode="reflect")
-    moved = [padded[:, :height, :width], padded[:, 2 * pixels :, 2 * pixels :]]
-
-    def log_probabilities(x):
-        return keras.ops.log(keras.ops.maximum(model(x), 1e-30))
-
-    pairs = [(log_probabilities(x) + log_probabilities(keras.ops.flip(x, axis=2))) / 2.0 for x in [inputs, *moved]]
-    outputs = keras.ops.softmax(pairs[0] / 2.0 + (pairs[1] + pairs[2]) / 4.0)
     return keras.Model(inputs, outputs)
 
 
@@ -110,7 +95,7 @@ class Calibrated:
     """Probabilities as a user gets them, and the line that says how they were made."""
 
     probabilities: np.ndarray
-    calibration: Calibration | None  # None: clipped at EPSILON only
+    calibration: Calibration | None  # None: clipped at DEFAULT_FLOOR only
     note: str
 
 
@@ -119,9 +104,9 @@ class Predictor:
     """A trained run, ready to predict any images; a k-fold run averages its folds' models."""
 
     run: Run
-    config: TrainConfig
+    settings: PredictSettings
     calibration: Calibration | None  # what `dogbreeds evaluate` fitted, if it ran
-    folds: list["Predictor"] = field(default_factory=list)
+    folds: list["Predictor"] = field(default_factory=list)  # a k-fold run's members
 
     @classmethod
     def open(
@@ -130,15 +115,13 @@ class Predictor:
         """The run (newest if None); its calibration file is read now, so a broken one fails fast
         (`evaluate`, which rewrites that file, passes calibration=False)."""
         opened = Run.open(run)
-        config = opened.config()
+        settings = read_predict_settings(opened.file(Run.config_file))
         if batch_size:
-            config.batch_size = batch_size
-        folds = [
-            cls.open(opened.fold(i).path, batch_size=batch_size, calibration=False)
-            for i in range(1, opened.folds + 1)
-            if opened.folds > 1
-        ]
-        return cls(opened, config, opened.calibration() if calibration else None, folds)
+            features = settings.features and replace(settings.features, batch_size=batch_size)
+            settings = replace(settings, loading=replace(settings.loading, batch_size=batch_size), features=features)
+        members = opened.members if opened.folds > 1 else []
+        folds = [cls.open(member.path, batch_size=batch_size, calibration=False) for member in members]
+        return cls(opened, settings, opened.calibration() if calibration else None, folds)
 
     @property
     def classes(self) -> list[str]:
@@ -146,7 +129,7 @@ class Predictor:
 
     def competition(self, data: str | Path | None = None, *, need_test: bool = False) -> Competition:
         """The run's competition (or `data`), checked to have the classes the model was trained on."""
-        competition = Competition.load(data if data is not None else self.config.data, need_test=need_test)
+        competition = Competition.load(data if data is not None else self.settings.data, need_test=need_test)
         check_classes(self.run, competition)
         return competition
 
@@ -158,21 +141,44 @@ class Predictor:
                 for i, fold in enumerate(self.folds, 1)
             ]
             return np.mean(each, axis=0)
-        with user_facing_failures(self.config.batch_size):
-            if self.config.method == "features":
-                cache = FeatureCache(self.config.cache_dir, self.config.batch_size)
-                vectors = ensemble_features(cache, self.config, images, evaluation_views(self.config, tta))
+        features = self.settings.features
+        with user_facing_failures(self.settings.loading.batch_size):
+            if features is not None:
+                cache = FeatureCache(features.cache_dir, features.batch_size)
+                vectors = ensemble_features(cache, features, images, features.evaluation_views(tta))
                 head = self.run.load_model()
                 return np.asarray(head.predict(vectors, batch_size=1024, verbose=0), dtype=np.float64)
             strategy = strategy or tf.distribute.get_strategy()
             with strategy.scope():
-                loader = make_loader(self.config, strategy.num_replicas_in_sync)
+                loader = make_loader(self.settings.loading, strategy.num_replicas_in_sync)
                 return predict(self.run.load_model(), loader, images, tta=tta, desc=desc)
 
+    def held_out(self, competition: Competition, *, tta: bool = True) -> pd.DataFrame:
+        """The run's predictions of the labelled images it did not train on (id, then the classes),
+        in its held-out file's order: those saved at training when they were made with `tta` as
+        asked, else each member predicts the images it held out now. An id that `competition`
+        does not label means the run was trained on other data: refused."""
+        saved = self.run.held_out()
+        missing = saved.loc[~saved["id"].isin(competition.labels["id"]), "id"]
+        if len(missing):
+            raise DogbreedsError(
+                f"run {self.run.path} held out {len(missing)} images that {competition.root / 'labels.csv'} does not "
+                f"label (first: {missing.iloc[0]}); pass the --data it was trained on"
+            )
+        if tta == self.settings.tta:
+            return saved
+        labels = competition.labels.set_index("id")
+        parts = []
+        for member in self.folds or [self]:
+            ids = member.run.predictions(Run.val_predictions_file)["id"]
+            raw = member.predict(labels.loc[ids].reset_index(), tta=tta, desc="held-out images")
+            parts.append(probability_table(ids, self.classes, raw))
+        return pd.concat(parts).set_index("id").loc[saved["id"]].reset_index()
+
     def calibrated(self, raw: np.ndarray, *, calibrate: bool = True, tta: bool = True) -> Calibrated:
-        """The run's calibration applied (unless `calibrate` is off), else a clip at EPSILON."""
+        """The run's calibration applied (unless `calibrate` is off), else a clip at DEFAULT_FLOOR."""
         used = self.calibration if calibrate else None
-        probabilities = used.apply(raw) if used else clip(raw, EPSILON)
+        probabilities = used.apply(raw) if used else clip(raw, DEFAULT_FLOOR)
         note = usage_note(used, available=self.calibration is not None, tta=tta, where=self.run.path)
         return Calibrated(probabilities, used, note)
 

@@ -15,6 +15,13 @@ TINY = 1e-40  # a float32 softmax rounds to exact 0 below about 1e-45; log needs
 KAGGLE_EPSILON = 1e-15  # Kaggle clips every probability to [1e-15, 1 - 1e-15] before scoring
 
 
+def clip(probabilities: np.ndarray, epsilon: float) -> np.ndarray:
+    """Each probability clipped to [epsilon, 1 - epsilon], each row renormalised: what Kaggle
+    does before scoring (epsilon 1e-15), and what a submission's floor does (calibration)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), epsilon, 1.0 - epsilon)
+    return p / p.sum(axis=1, keepdims=True)
+
+
 def log_loss(probabilities: np.ndarray, labels: np.ndarray) -> float:
     """Kaggle's multi-class log loss of rows that already sum to 1."""
     picked = probabilities[np.arange(len(labels)), labels]
@@ -41,6 +48,5 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> dict:
     """The two figures a run is judged by, as Kaggle computes them: rows clipped to
     [1e-15, 1 - 1e-15] and renormalised, then {"log_loss": ..., "accuracy": ...}."""
     labels = np.asarray(labels)
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), KAGGLE_EPSILON, 1 - KAGGLE_EPSILON)
-    p /= p.sum(axis=1, keepdims=True)
+    p = clip(probabilities, KAGGLE_EPSILON)
     return {"log_loss": log_loss(p, labels), "accuracy": accuracy(p, labels)}

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import keras
-import numpy as np
 from keras import layers
 
 from dogbreeds.errors import DogbreedsError, log
@@ -34,6 +33,12 @@ class Backbone:
     pretraining: str = "ImageNet-1k"  # what its `imagenet` weights were trained on
     imagenet: str = ""  # keras.applications' ImageNet file without the top, under GOOGLE_STORAGE ("": none)
     imagenet_sizes: tuple[int, ...] = ()  # input sizes with a file each ({rows}); other sizes take the last
+    default_size: int | None = None  # what --image-size defaults to, where not the native size
+
+    @property
+    def size(self) -> int:
+        """--image-size's default: the native size, unless the competition's practice says otherwise."""
+        return self.default_size or self.native_size
 
     def imagenet_urls(self, image_size: int) -> list[str]:
         """Where Keras downloads the ImageNet file without the top, then the one with it."""
@@ -108,6 +113,8 @@ for _name, _build, _module, _size, _min, _parameters, _pretraining, _file in [
     register(Backbone(_name, _build, _module.preprocess_input, _size, _min, _parameters, _pretraining, _file))
 # MobileNetV2 has a file per input size; Keras loads the 224 px one at other sizes.
 register(dataclasses.replace(BACKBONES["mobilenet_v2"], imagenet_sizes=(96, 128, 160, 192, 224)))
+# The competition's fine-tuned InceptionResNetV2 (leaderboard 0.300) took 331 px photos: its default.
+register(dataclasses.replace(BACKBONES["inception_resnet_v2"], default_size=331))
 
 
 def _tiny_cnn(include_top=False, weights=None, input_shape=None) -> keras.Model:
@@ -283,138 +290,3 @@ def set_trainable(backbone: keras.Model, top_layers: int | None, *, pretrained: 
         frozen_norm = pretrained and isinstance(layer, layers.BatchNormalization)
         layer.trainable = i >= cut and not frozen_norm
     return sum(layer.trainable for layer in backbone.layers)
-
-
-# -- CIFAR: whole classifiers for 32x32 images, trained from scratch ----------------------
-
-
-def _mlp(input_shape, n_classes: int) -> keras.Model:
-    """The write-ups' perceptron, Flatten-Dense(512)-Dense(512), with dropout against its overfitting."""
-    inputs = keras.Input(input_shape, name="image")
-    x = layers.Flatten()(inputs)
-    for units in (512, 512):
-        x = layers.Dense(units, activation="relu")(x)
-        x = layers.Dropout(0.2)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="label")(x)
-    return keras.Model(inputs, outputs, name="mlp")
-
-
-def _seed_cnn(input_shape, n_classes: int) -> keras.Model:
-    """The write-ups' Conv(32)-Conv(32)-MaxPool-Dense(512), max-norm 3 and dropout, as published."""
-    norm = keras.constraints.MaxNorm(3)
-    inputs = keras.Input(input_shape, name="image")
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", kernel_constraint=norm)(inputs)
-    x = layers.Dropout(0.2)(x)
-    x = layers.Conv2D(32, 3, padding="same", activation="relu", kernel_constraint=norm)(x)
-    x = layers.MaxPooling2D()(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(512, activation="relu", kernel_constraint=norm)(x)
-    x = layers.Dropout(0.5)(x)
-    outputs = layers.Dense(n_classes, activation="softmax", dtype="float32", name="label")(x)
-    return keras.Model(inputs, outputs, name="seed_cnn")
-
-
-def _conv_block(x, filters: int, pool: bool = False):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-    if pool:
-        x = layers.MaxPooling2D()(x)
-    x = layers.BatchNormalization(momentum=0.9)(x)  # statistics that keep up with a one-cycle schedule
-    return layers.ReLU()(x)
-
-
-def _residual(x, filters: int):
-    return layers.Add()([x, _conv_block(_conv_block(x, filters), filters)])
-
-
-def _resnet9(input_shape, n_classes: int, widths=(32, 64, 128, 256)) -> keras.Model:
-    """ResNet-9 (Page's DAWNBench network) at half its width: a quarter of the compute for a
-    2-core CPU. Logits are scaled by 1/8 before the softmax, as in the original: with label
-    smoothing it keeps early steps from saturating."""
-    inputs = keras.Input(input_shape, name="image")
-    x = _conv_block(inputs, widths[0])
-    x = _residual(_conv_block(x, widths[1], pool=True), widths[1])
-    x = _conv_block(x, widths[2], pool=True)
-    x = _residual(_conv_block(x, widths[3], pool=True), widths[3])
-    x = layers.GlobalMaxPooling2D()(x)
-    x = layers.Dense(n_classes, use_bias=False)(x)
-    x = layers.Rescaling(0.125)(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="label")(x)
-    return keras.Model(inputs, outputs, name="resnet9")
-
-
-def whitening_kernel(patches: np.ndarray, epsilon: float = 5e-4) -> tuple[np.ndarray, np.ndarray]:
-    """A convolution kernel and bias that whiten `patches` (n, k, k, channels), as airbench does:
-    PCA whitening (each filter an eigenvector of the patches' covariance, scaled by
-    1/sqrt(eigenvalue + epsilon)), each filter also negated so that a GELU after it loses nothing.
-    The bias centres the patches. numpy: Keras has no whitening initializer.
-    """
-    n, k, _, channels = patches.shape
-    flat = patches.reshape(n, -1).astype(np.float64)
-    mean = flat.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(flat, rowvar=False))
-    filters = eigenvectors[:, ::-1] / np.sqrt(eigenvalues[::-1] + epsilon)  # largest first
-    filters = np.concatenate([filters, -filters], axis=1)
-    return filters.reshape(k, k, channels, -1).astype(np.float32), (-mean @ filters).astype(np.float32)
-
-
-def image_patches(images: np.ndarray, size: int) -> np.ndarray:
-    """Every size x size patch of images (n, height, width, channels), as (m, size, size, channels)."""
-    windows = np.lib.stride_tricks.sliding_window_view(images, (size, size), axis=(1, 2))
-    return windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size, size, images.shape[-1])
-
-
-def whiten(layer: layers.Conv2D, images: np.ndarray, epsilon: float = 5e-4) -> None:
-    """Set a convolution to whiten the patches of `images` (preprocessed, NHWC) and freeze it."""
-    kernel, bias = whitening_kernel(image_patches(images, layer.kernel_size[0]), epsilon)
-    layer.set_weights([kernel, bias])
-    layer.trainable = False
-
-
-def _dirac(conv: layers.Conv2D) -> None:
-    """The first filters pass their input channel through (PyTorch's dirac_): a group starts near
-    the identity on what comes in, as in airbench."""
-    kernel = keras.ops.convert_to_numpy(conv.kernel).copy()
-    size, channels = kernel.shape[0], min(kernel.shape[2], kernel.shape[3])
-    kernel[..., :channels] = 0.0
-    kernel[size // 2, size // 2, np.arange(channels), np.arange(channels)] = 1.0
-    conv.kernel.assign(kernel)
-
-
-# PyTorch's default initialisation, uniform within 1/sqrt(fan-in), which airbench's rates are tuned for.
-TORCH_INIT = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
-
-
-def _airbench(input_shape, n_classes: int, widths=(64, 256, 256)) -> keras.Model:
-    """airbench94's network (Keller Jordan, 2024): a 2x2 whitening convolution (set from the data by
-    `whiten`, then frozen), three groups of conv-pool-norm-GELU-conv-norm-GELU, max pooling, and
-    logits scaled by 1/9. BatchNormalization learns its shift only; its statistics move fast
-    to keep up with a 10-epoch run (momentum 0.6: airbench's PyTorch momentum of 0.4)."""
-    inputs = keras.Input(input_shape, name="image")
-    whitening = layers.Conv2D(2 * input_shape[-1] * 2 * 2, 2, name="whiten")  # every 2x2 patch direction, +-
-    x = layers.Activation("gelu")(whitening(inputs))
-    convs = []
-    for i, width in enumerate(widths, 1):
-        for j, pool in ((1, True), (2, False)):
-            conv = layers.Conv2D(width, 3, padding="same", use_bias=False, kernel_initializer=TORCH_INIT)
-            convs.append(conv)
-            x = conv(x)
-            if pool:
-                x = layers.MaxPooling2D()(x)
-            x = layers.BatchNormalization(momentum=0.6, epsilon=1e-5, scale=False, name=f"norm{i}_{j}")(x)
-            x = layers.Activation("gelu")(x)
-    x = layers.GlobalMaxPooling2D()(x)
-    x = layers.Dense(n_classes, use_bias=False, kernel_initializer=TORCH_INIT)(x)
-    x = layers.Rescaling(1 / 9)(x)
-    outputs = layers.Activation("softmax", dtype="float32", name="label")(x)
-    model = keras.Model(inputs, outputs, name="airbench")
-    for conv in convs:
-        _dirac(conv)
-    return model
-
-
-CIFAR_ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
-    "mlp": _mlp,
-    "seed-cnn": _seed_cnn,
-    "cnn": _airbench,
-    "resnet9": _resnet9,
-}

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from dogbreeds.config import Augmentation, BatchAugmentation
 from dogbreeds.images import inspect_images
 from dogbreeds.places import image_cache
+from dogbreeds.settings import Augmentation, BatchAugmentation
 
 Preprocess = Callable[[tf.Tensor], tf.Tensor]
 def _apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -114,14 +114,10 @@ def affine_transforms(
     width: tf.Tensor,
     seed: tf.Tensor,
     augmentation: Augmentation,
-    mirrored: tf.Tensor | None = None,
-    whole_pixels: bool = False,
 ):
     """Per image, the (n, 6) map from output pixel (x, y) to source (a0 x + a1 y + a2, b0 x + b1 y + b2).
 
     Flip, rotation, shift and zoom in ImageDataGenerator's units, composed into one matrix.
-    `mirrored` (n booleans) decides the flips instead of chance; `whole_pixels` draws shifts
-    uniformly among whole pixels, as crops of a padded image do: no resampling blur.
     """
     u = tf.random.stateless_uniform((n, 5), seed=seed, minval=-1.0, maxval=1.0)
     angle = u[:, 0] * augmentation.rotation * math.pi / 180.0
@@ -129,13 +125,7 @@ def affine_transforms(
     zoom = 1.0 + u[:, 1] * augmentation.zoom
     shift_x = u[:, 2] * augmentation.shift * width
     shift_y = u[:, 3] * augmentation.shift * height
-    if whole_pixels:
-        reach_x, reach_y = tf.round(augmentation.shift * width), tf.round(augmentation.shift * height)
-        shift_x = tf.floor((u[:, 2] + 1.0) / 2.0 * (2.0 * reach_x + 1.0)) - reach_x
-        shift_y = tf.floor((u[:, 3] + 1.0) / 2.0 * (2.0 * reach_y + 1.0)) - reach_y
     mirror = tf.where(u[:, 4] < 0.0, -1.0, 1.0) if augmentation.flip else tf.ones_like(angle)
-    if mirrored is not None:
-        mirror = tf.where(mirrored, -1.0, 1.0)
     cos, sin = tf.cos(angle) * zoom, tf.sin(angle) * zoom
     a0, a1 = cos * mirror, -sin
     b0, b1 = sin * mirror, cos
@@ -234,19 +224,11 @@ def warp(
     return upper * (1.0 - fy) + lower * fy
 
 
-def random_affine(
-    batch: tf.Tensor,
-    seed: tf.Tensor,
-    augmentation: Augmentation,
-    mirrored: tf.Tensor | None = None,
-    whole_pixels: bool = False,
-) -> tf.Tensor:
-    """Flip, rotation, shift and zoom as one warp per image (one resampling), float32 out.
-    Whole-pixel shifts reflect the edges, as crops of a reflect-padded image (airbench)."""
+def random_affine(batch: tf.Tensor, seed: tf.Tensor, augmentation: Augmentation) -> tf.Tensor:
+    """Flip, rotation, shift and zoom as one warp per image (one resampling), float32 out."""
     shape = tf.shape(batch)
     height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
-    transforms = affine_transforms(shape[0], height, width, seed, augmentation, mirrored, whole_pixels)
-    return warp(batch, transforms, reflect=whole_pixels)
+    return warp(batch, affine_transforms(shape[0], height, width, seed, augmentation))
 
 
 def photometric_operations(magnitude: float, seed: int) -> list[keras.layers.Layer]:
@@ -340,10 +322,6 @@ class Loader:
     replicas: int = 1  # under tf.distribute, batches are split among this many replicas
     batch_augmentation: BatchAugmentation = field(default_factory=BatchAugmentation)  # training batches only
     classes: int = 0  # the number of classes, for target distributions
-    # TFDataLoader with a cache: each image mirrored on alternate epochs (from a random first
-    # one) rather than at random, which shows both sides more evenly (airbench)
-    alternate_flips: bool = False
-    whole_pixels: bool = False  # TFDataLoader: shifts by whole pixels only, edges reflected
 
     def training(self, frame: pd.DataFrame):
         """Batches of (images, labels), shuffled and augmented afresh each epoch."""
@@ -418,17 +396,6 @@ class TFDataLoader(Loader):
         """Seeds for the warps: the same sequence for the same seed, a new one each epoch."""
         return tf.data.Dataset.random(seed=self.seed, rerandomize_each_iteration=True).batch(2)
 
-    def _epochs(self) -> tf.data.Dataset:
-        """How many times the dataset that zips this in was iterated before, endlessly repeated.
-
-        Alternate flips need the epoch's parity, and tf.data knows no epochs (Keras iterates the
-        dataset anew each epoch): a counter that each new iteration increments says it.
-        """
-        counter = tf.Variable(-1, dtype=tf.int64, trainable=False)
-        self._counters = [*getattr(self, "_counters", []), counter]  # alive as long as the loader
-        started = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).map(lambda _: counter.assign_add(1))
-        return started.flat_map(lambda epoch: tf.data.Dataset.from_tensors(epoch).repeat())
-
     def _mixed(self, ds: tf.data.Dataset) -> tf.data.Dataset:
         """Training batches through the batch augmentation, one at a time (see batch_augmenter)."""
         return ds.map(batch_augmenter(self.batch_augmentation, self.classes, self.preprocess, self.seed))
@@ -437,30 +404,19 @@ class TFDataLoader(Loader):
         """Batches of uint8 images to the backbone's input, warped first when augmenting.
 
         One XLA-compiled function per batch: casting, warping and preprocessing become a single
-        pass over the pixels instead of one each. With alternate flips, the batches carry each
-        image's first flip as a third element. Batches to `mix` leave it unpreprocessed.
+        pass over the pixels instead of one each. Batches to `mix` leave it unpreprocessed.
         """
         preprocess = (lambda images: images) if mix else self.preprocess
-        augmentation, whole_pixels = self.augmentation, self.whole_pixels
+        augmentation = self.augmentation
         parallel = {"num_parallel_calls": tf.data.AUTOTUNE}
 
         @tf.function(jit_compile=True)
-        def finish(images, seed=None, mirrored=None):
+        def finish(images, seed=None):
             if augment:
-                images = random_affine(images, seed, augmentation, mirrored, whole_pixels)
+                images = random_affine(images, seed, augmentation)
             return preprocess(tf.cast(images, tf.float32))
 
-        if augment and self.alternate_flips:
-            batches = ds.cardinality()  # which zipping with the endless counter hides from Keras
-            ds = tf.data.Dataset.zip(ds, self._seeds(), self._epochs()).map(
-                lambda batch, seed, epoch: (
-                    finish(batch[0], seed, tf.math.logical_xor(batch[2], epoch % 2 == 1)),
-                    batch[1],
-                ),
-                **parallel,
-            )
-            ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-        elif augment:
+        if augment:
             ds = tf.data.Dataset.zip(ds, self._seeds()).map(
                 lambda batch, seed: (finish(batch[0], seed), batch[1]), **parallel
             )
@@ -475,8 +431,6 @@ class TFDataLoader(Loader):
         # A last batch too small to split among the replicas is left out (other images each epoch).
         drop = 0 < len(frame) % self.batch_size < self.replicas
         mix = self.batch_augmentation.enabled
-        if self.alternate_flips and self.cache == "none":
-            raise ValueError("alternate flips need a cache (memory or disk)")
         if self.cache == "none":
             ds = self._images(frame).shuffle(len(frame), seed=self.seed, reshuffle_each_iteration=True)
             ds = tf.data.Dataset.zip(ds, self._seeds()).map(
@@ -490,9 +444,6 @@ class TFDataLoader(Loader):
         window = len(frame) if self.cache == "memory" else max(self.batch_size, DISK_SHUFFLE_BYTES // per_image)
         order = frame.sample(frac=1.0, random_state=self.seed) if self.cache == "disk" else frame
         ds = self._decoded(order)
-        if self.alternate_flips:
-            first = np.random.default_rng(self.seed).random(len(order)) < 0.5
-            ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(first)).map(lambda pair, f: (*pair, f))
         ds = ds.shuffle(min(window, len(frame)), seed=self.seed, reshuffle_each_iteration=True)
         batches = ds.batch(self.batch_size, drop_remainder=drop)
         return self._finish(batches, augment=self.augmentation.enabled, mix=mix)

@@ -19,7 +19,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
-from dogbreeds.runs import temporary_sibling  # noqa: E402
+from dogbreeds.files import temporary_sibling  # noqa: E402
 
 RIGHT, WRONG = "#1a7f37", "#c62828"  # green and red that stay apart in greyscale print too
 

@@ -1,44 +1,22 @@
 """A run is a folder: config, classes, model, epoch log, plot and metrics.
 
-Everything a later command needs (submit, evaluate, predict) is read from here, so a run
-can be copied to another machine, or out of a Kaggle kernel, and used as it is.
+Everything a later command needs (submit, evaluate, predict, blend, export) is read from here,
+so a run can be copied to another machine, or out of a Kaggle kernel, and used as it is. A
+k-fold run is a folder of folds (`fold-1` ... `fold-K`, each a run); the run folder is the one
+place that knows it: its `members` are the models that predict, its `held_out` the predictions
+of the labelled images it did not train on.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.files import probability_table, table_csv, temporary_sibling, write_atomic
 from dogbreeds.places import runs_dir
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain file is what the user expects
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A fresh name beside `path` for writers that need a file name (Keras, matplotlib)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
 @dataclass(frozen=True)
@@ -85,20 +63,39 @@ class Run:
         return Run(self.path / f"fold-{i}")
 
     @property
+    def members(self) -> list["Run"]:
+        """The runs whose models predict for this one: its folds, or itself."""
+        return [self.fold(i) for i in range(1, self.folds + 1)] if self.folds > 1 else [self]
+
+    @property
+    def held_out_file(self) -> str:
+        """Its predictions of the labelled images it did not train on: every one, out of fold, or the --val-split."""
+        return self.oof_file if self.folds > 1 else self.val_predictions_file
+
+    def held_out(self):
+        """Those predictions (id, then the classes), as saved; a run too old to have them is told to train again."""
+        if not self.file(self.held_out_file).is_file():
+            raise DogbreedsError(
+                f"run {self.path} has no {self.held_out_file} (trained by an older dogbreeds, which did not keep it); "
+                "train it again"
+            )
+        return self.predictions(self.held_out_file)
+
+    @property
     def trained_file(self) -> str:
         """What a finished run has: its best model, or (k-fold) its out-of-fold predictions."""
         return self.oof_file if self.folds > 1 else self.model_file
 
     @classmethod
-    def create(cls, config: TrainConfig, classes: list[str], run_dir: str | Path | None = None) -> "Run":
+    def create(cls, config_json: str, classes: list[str], run_dir: str | Path | None = None, *, name: str = "run"):
+        """A new run folder holding its configuration and classes (default: runs/<name>-<time>)."""
         if run_dir is None:
-            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = runs_dir() / f"{config.backbone}-{stamp}"
+            run_dir = runs_dir() / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
         run = cls(Path(run_dir))
         if run.file(cls.model_file).exists():
             raise DogbreedsError(f"{run.path} already holds a trained model; choose another --run-dir")
         run.path.mkdir(parents=True, exist_ok=True)
-        write_atomic(run.file(cls.config_file), config.to_json())
+        write_atomic(run.file(cls.config_file), config_json)
         write_atomic(run.file(cls.classes_file), json.dumps(classes, indent=1))
         return run
 
@@ -132,9 +129,6 @@ class Run:
         if not candidates:
             raise DogbreedsError(f"no trained run in {runs_dir()}/: run `dogbreeds train` first, or pass --run")
         return cls(candidates[-1])
-
-    def config(self) -> TrainConfig:
-        return TrainConfig.from_json(self.file(self.config_file).read_text(), self.file(self.config_file))
 
     def classes(self) -> list[str]:
         return json.loads(self.file(self.classes_file).read_text())
@@ -174,11 +168,7 @@ class Run:
 
     def save_predictions(self, name: str, ids, classes: list[str], probabilities) -> Path:
         """Probabilities as a table with the sample_submission header: id, then the classes in order."""
-        import pandas as pd
-
-        frame = pd.DataFrame(probabilities, columns=classes)
-        frame.insert(0, "id", list(ids))
-        return self.write(name, frame.to_csv(index=False, float_format="%.8g"))
+        return self.write(name, table_csv(probability_table(ids, classes, probabilities)))
 
     def predictions(self, name: str):
         """A table saved by `save_predictions`, its columns checked against the run's classes."""

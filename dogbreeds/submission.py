@@ -18,9 +18,10 @@ from dogbreeds.calibration import Calibration
 from dogbreeds.competition import readable_test_images
 from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.files import claim_output, probability_table, table_csv, write_atomic
 from dogbreeds.inference import Predictor
 from dogbreeds.places import kaggle_submission, submissions_dir
-from dogbreeds.runs import Run, write_atomic
+from dogbreeds.runs import Run
 
 
 def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
@@ -40,7 +41,7 @@ def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) ->
 def write_csv(frame: pd.DataFrame, out: Path, also: Path | None = None) -> None:
     """The checked submission, written atomically to `out` and, on a Kaggle kernel, to `also`
     (replacing the previous one there)."""
-    text = frame.to_csv(index=False, float_format="%.8g")
+    text = table_csv(frame)
     write_atomic(out, text)
     if also is not None:
         write_atomic(also, text)
@@ -52,7 +53,7 @@ class SubmitResult:
     rows: int
     mean_max_probability: float
     top_breeds: list[tuple[str, int]]
-    calibration: Calibration | None  # None: clipped at EPSILON only
+    calibration: Calibration | None  # None: clipped at calibration.DEFAULT_FLOOR only
     calibration_note: str
     also: Path | None = None  # the same file as a Kaggle kernel's submission.csv
 
@@ -83,9 +84,7 @@ def submit(
     competition = predictor.competition(data, need_test=True)
     classes = competition.classes
     also = kaggle_submission() if out is None else None  # a kernel submits /kaggle/working/submission.csv
-    out = Path(out) if out is not None else submissions_dir() / f"{predictor.run.name}.csv"
-    if out.exists() and not force:
-        raise DogbreedsError(f"{out} exists; pass --force to overwrite it or --out another file")
+    out = claim_output(Path(out) if out is not None else submissions_dir() / f"{predictor.run.name}.csv", force=force)
     images = readable_test_images(competition)
     raw = predictor.predict(images, tta=tta, desc="test images", strategy=distribution)
     if tta:  # kept for `dogbreeds blend`, which then never runs the network again
@@ -93,8 +92,7 @@ def submit(
     calibrated = predictor.calibrated(raw, calibrate=calibrate, tta=tta)
     probabilities = calibrated.probabilities
 
-    frame = pd.DataFrame(probabilities, columns=classes)
-    frame.insert(0, "id", competition.test_ids)
+    frame = probability_table(competition.test_ids, classes, probabilities)
     check_submission(frame, competition.test_ids, classes)
     write_csv(frame, out, also)
     winners = pd.Series(np.asarray(classes)[probabilities.argmax(axis=1)]).value_counts().head(3)

@@ -1,25 +1,19 @@
-"""`dogbreeds train`: a frozen-backbone phase, then fine-tuning, into a run folder.
+"""`dogbreeds train`: the dog job. A frozen-backbone phase, then fine-tuning, into a run folder;
+or a head on cached backbone features; or either on each of K folds.
 
 Phase 1 trains the new head on a frozen backbone (the head starts random: large gradients
-would wreck pretrained features). Phase 2 unfreezes the top of the backbone at a hundredth of
-the learning rate. One checkpoint keeps the best model by validation loss across both.
-
-After every epoch the run folder also gets the model with its optimizer (`last.keras`) and
-where training stands (`progress.json`), both written atomically, so `--resume` continues a
-run that was stopped by Ctrl-C, a kill, or the end of a Kaggle session.
+would wreck pretrained features). Phase 2 unfreezes the top of the backbone at a share of the
+learning rate. The phases run in the engine's loop (`loop.fit_phases`), which keeps the best
+model by validation loss across both and everything `--resume` needs after every epoch.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import keras
 import pandas as pd
@@ -32,191 +26,16 @@ from dogbreeds.distribute import describe, make_strategy, use_precision, user_fa
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.heads import fit_head
 from dogbreeds.images import inspect_images
-from dogbreeds.inference import labelled_scores, make_loader, predict
+from dogbreeds.inference import make_loader, predict
+from dogbreeds.loop import Budget, Phase, Progress, fit_phases
 from dogbreeds.metrics import scores
-from dogbreeds.models import build_backbone, build_classifier, set_trainable
+from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
 
 
 def _resume_hint(run: Run) -> str:
     return f"; continue with: dogbreeds train --resume {run.path}"
-
-
-# -- callbacks --------------------------------------------------------------------------
-
-
-@dataclass
-class Progress:
-    """Where training stands: saved after every epoch as progress.json."""
-
-    epoch: int = 0  # completed epochs, on one axis across both phases
-    phase: str = ""
-    phase_start: int = 0
-    completed: list[str] = field(default_factory=list)
-
-
-class AveragedWeights(keras.callbacks.SwapEMAWeights):
-    """`--ema`: Keras validates with the optimizer's moving average of the weights; this also
-    lends it to SaveProgress for the best model. The last model keeps the raw weights and the
-    average in its optimizer, so that a resumed run goes on exactly; fit leaves the average in
-    the model when a phase ends."""
-
-    @contextmanager
-    def holding_average(self):
-        self._swap_variables()
-        try:
-            yield
-        finally:
-            self._swap_variables()
-
-
-class SaveProgress(keras.callbacks.Callback):
-    """After each epoch: the epoch log, the best model, the last model, then progress.json."""
-
-    def __init__(self, run: Run, progress: Progress, resumable: bool = True):
-        super().__init__()
-        self.run, self.progress, self.resumable = run, progress, resumable
-        self.averaged: AveragedWeights | None = None  # set by fit_phases for an optimizer with use_ema
-        log_path = run.file(Run.log_file)
-        rows = pd.read_csv(log_path).head(progress.epoch) if log_path.is_file() and progress.epoch else pd.DataFrame()
-        self.rows = rows.to_dict("records")
-        seen = [r["val_loss"] for r in self.rows if "val_loss" in r]
-        self.best = min(seen, default=math.inf)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = {k: float(v) for k, v in (logs or {}).items()}
-        row = {"epoch": epoch, "phase": self.progress.phase, **logs}
-        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row["seconds"] = round(time.perf_counter() - self.started, 2)
-        self.rows.append(row)
-        self.run.write(Run.log_file, pd.DataFrame(self.rows).to_csv(index=False))
-        if logs.get("val_loss", math.inf) < self.best:
-            self.best = logs["val_loss"]
-            with self.averaged.holding_average() if self.averaged else nullcontext():
-                self.run.save_model(self.model)
-        self.progress.epoch = epoch + 1
-        if self.resumable:
-            self.run.save_model(self.model, Run.last_file)
-            self.run.write(Run.progress_file, json.dumps(asdict(self.progress)))
-
-
-class Budget:
-    """`--time-budget`: an epoch that would not end before the deadline, judged by the longest
-    epoch so far, is not started; the run then ends as if its epochs were done, resumable."""
-
-    def __init__(self, seconds: float | None = None, started: float | None = None):
-        """`seconds` from `started` (a time.monotonic() value: the command's start), or from now."""
-        self.deadline = None if seconds is None else (started or time.monotonic()) + seconds
-        self.longest = 0.0  # the longest epoch so far, in seconds
-        self.stopped = False
-
-    @staticmethod
-    def parse(text: str) -> float:
-        """Seconds in `8h30m`, `45m`, `90s` or `1h`."""
-        found = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
-        if not text.strip() or not found:
-            raise DogbreedsError(f"--time-budget must look like 8h30m, 45m or 90s, got {text!r}")
-        hours, minutes, seconds = (int(v or 0) for v in found.groups())
-        return hours * 3600 + minutes * 60 + seconds
-
-    def allows_another(self) -> bool:
-        """Whether the next epoch should start; the first always does (there is nothing to judge by)."""
-        if self.deadline is not None and self.longest and time.monotonic() + self.longest > self.deadline:
-            self.stopped = True
-        return not self.stopped
-
-
-class KeepToBudget(keras.callbacks.Callback):
-    """Times each epoch and stops training when the budget leaves no room for another."""
-
-    def __init__(self, budget: Budget):
-        super().__init__()
-        self.budget = budget
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.monotonic()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.budget.longest = max(self.budget.longest, time.monotonic() - self.started)
-        if not self.budget.allows_another():
-            self.model.stop_training = True
-
-
-class Lookahead(keras.callbacks.Callback):
-    """Lookahead (Zhang et al., 2019) as airbench uses it: every `every` steps the slow weights
-    move toward the model's, slow += (1 - decay) (fast - slow), and the model continues from
-    them, as it does after each epoch's last step (validation and checkpoints see them).
-    `decay(fraction of training done)` lets the pull grow during training. Every float weight
-    takes part, BatchNormalization's statistics too. A callback: Keras has no lookahead optimizer.
-    """
-
-    def __init__(self, every: int = 5, decay: Callable[[float], float] = lambda done: 0.95**5 * done**3):
-        super().__init__()
-        self.every, self.decay = every, decay
-
-    def on_train_begin(self, logs=None):
-        self.weights = [w for w in self.model.weights if "float" in str(w.dtype)]
-        self.slow = [keras.ops.copy(w.value) for w in self.weights]
-        self.total = self.params["epochs"] * self.params["steps"]
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.first_step = epoch * self.params["steps"]
-
-    def on_train_batch_end(self, batch, logs=None):
-        step = self.first_step + batch + 1
-        if step % self.every == 0:
-            rate = 1.0 - self.decay(step / self.total)
-            self.slow = [s + rate * (w.value - s) for s, w in zip(self.slow, self.weights)]
-        if step % self.every == 0 or batch + 1 == self.params["steps"]:  # an epoch's end: before validation
-            for s, w in zip(self.slow, self.weights):
-                w.assign(s)
-
-
-@keras.saving.register_keras_serializable("dogbreeds")
-class Triangular(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear from `start` x `rate` up to `rate` at `peak` of the steps, then linear down to
-    `end` x `rate` (airbench's schedule; Keras' warm-ups end in a cosine, not a line)."""
-
-    def __init__(self, rate: float, steps: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07):
-        self.rate, self.steps, self.start, self.peak, self.end = rate, steps, start, peak, end
-
-    def __call__(self, step):
-        done = keras.ops.cast(step, "float32") / max(1, self.steps)
-        up = self.start + (1.0 - self.start) * done / self.peak
-        down = 1.0 + (self.end - 1.0) * (done - self.peak) / (1.0 - self.peak)
-        return self.rate * keras.ops.where(done < self.peak, up, keras.ops.maximum(down, self.end))
-
-    def get_config(self):
-        return {"rate": self.rate, "steps": self.steps, "start": self.start, "peak": self.peak, "end": self.end}
-
-
-@keras.saving.register_keras_serializable("dogbreeds")
-class ScaledSGD(keras.optimizers.SGD):
-    """SGD in which variables of the given names learn at a multiple of the rate (airbench's
-    BatchNormalization shifts: 64 times); Keras' optimizers take one rate for every variable."""
-
-    def __init__(self, *args, rate_scales: dict[str, float] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.rate_scales = dict(rate_scales or {})
-
-    def build(self, variables):
-        if not self.built:
-            self.scales = [self.rate_scales.get(v.name, 1.0) for v in variables]
-        super().build(variables)
-
-    def update_step(self, gradient, variable, learning_rate):
-        scale = self.scales[self._get_variable_index(variable)]
-        super().update_step(gradient, variable, learning_rate * scale if scale != 1.0 else learning_rate)
-
-    def get_config(self):
-        return super().get_config() | {"rate_scales": self.rate_scales}
-
-
-# -- the two phases ---------------------------------------------------------------------
 
 
 @dataclass
@@ -238,81 +57,6 @@ class TrainResult:
         if m.get("stopped_by_time_budget"):
             line += f"; stopped by --time-budget: continue with dogbreeds train --resume {self.run.path}"
         return line
-
-
-@dataclass
-class Phase:
-    """A stretch of training with its own optimizer: what the loop needs to run it or resume it."""
-
-    name: str
-    epochs: int
-    optimizer: Callable[[], keras.optimizers.Optimizer]
-    prepare: Callable[[], None] = lambda: None  # set which layers train, before compiling
-    adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
-    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"  # categorical_: target distributions
-    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)  # the phase's own, e.g. Lookahead
-
-
-def fit_phases(
-    model: keras.Model,
-    run: Run,
-    phases: list[Phase],
-    train_data: tf.data.Dataset,
-    val_data: tf.data.Dataset,
-    progress: Progress,
-    patience: int = 3,
-    resumable: bool = True,
-    budget: Budget | None = None,
-) -> None:
-    """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
-
-    A phase already in `progress.completed` is skipped; the current one (a resumed run)
-    continues without recompiling, so the optimizer loaded with the model keeps its state.
-    `resumable` keeps last.keras and progress.json for `--resume`; without it only the best
-    model and the epoch log are written. A `budget` that runs out leaves the phase unfinished,
-    to be resumed.
-    """
-    budget = budget or Budget()
-    saver = SaveProgress(run, progress, resumable)
-    verbose = 1 if sys.stdout.isatty() else 2
-    for phase in phases:
-        if phase.name in progress.completed:
-            continue
-        if not budget.allows_another():
-            return
-        if progress.phase != phase.name:
-            progress.phase, progress.phase_start = phase.name, progress.epoch
-            phase.prepare()
-            model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
-        callbacks = [*phase.callbacks, saver, KeepToBudget(budget)]
-        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
-        saver.averaged = AveragedWeights() if optimizer.use_ema else None
-        if saver.averaged:
-            callbacks.insert(0, saver.averaged)
-        if phase.adaptive:
-            callbacks += [
-                keras.callbacks.EarlyStopping(patience=patience),
-                keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, patience - 1), min_lr=1e-7),
-            ]
-        end = progress.phase_start + phase.epochs
-        fits = progress.epoch < end
-        if fits:
-            model.fit(
-                train_data,
-                validation_data=val_data,
-                initial_epoch=progress.epoch,
-                epochs=end,
-                verbose=verbose,
-                shuffle=False,  # the loaders shuffle, reproducibly
-                callbacks=callbacks,
-            )
-        if budget.stopped and progress.epoch < end:
-            return  # the phase goes on after --resume
-        progress.completed.append(phase.name)
-        if resumable:
-            if saver.averaged and fits:  # the next phase starts from the average, resumed or not
-                run.save_model(model, Run.last_file)
-            run.write(Run.progress_file, json.dumps(asdict(progress)))
 
 
 def competition_phases(
@@ -374,9 +118,10 @@ def _fit_competition(
     budget: Budget | None = None,
 ) -> None:
     classes = len(data.competition.classes)
-    loader = make_loader(config, replicas, classes)
-    phases = competition_phases(model, config, replicas, math.ceil(len(data.train) / loader.batch_size))
-    train_data, val_data = loader.training(data.train), loader.evaluation(data.val)
+    train, val = data.held_out(config.fold)
+    loader = make_loader(config.loading, replicas, classes)
+    phases = competition_phases(model, config, replicas, math.ceil(len(train) / loader.batch_size))
+    train_data, val_data = loader.training(train), loader.evaluation(val)
     if config.batch_augmentation.soft_targets:  # the same loss scores plain labels as distributions
         val_data = val_data.map(lambda images, labels: (images, tf.one_hot(labels, classes)))
     fit_phases(model, run, phases, train_data, val_data, progress, config.patience, budget=budget)
@@ -385,20 +130,22 @@ def _fit_competition(
 def _finish(
     run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy, budget: Budget
 ) -> TrainResult:
-    """Score the best model on the validation split; metrics.json and the plot."""
+    """The best model's held-out predictions, as submit makes them (--tta), and the figures they
+    give; metrics.json and the plot."""
     replicas = strategy.num_replicas_in_sync
-    best, loader = run.load_model(), make_loader(config, replicas)
-    found = labelled_scores(best, loader, {"val": data.val})
-    held_out = predict(best, loader, data.val, tta=True, desc="validation images")  # as submit predicts
-    run.save_predictions(Run.val_predictions_file, data.val["id"], data.competition.classes, held_out)
+    train, val = data.held_out(config.fold)
+    best, loader = run.load_model(), make_loader(config.loading, replicas)
+    held_out = predict(best, loader, val, tta=config.tta, desc="validation images")
+    run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, held_out)
+    found = {f"val_{k}": v for k, v in scores(held_out, val["label"].to_numpy()).items()}
     history = pd.read_csv(run.file(Run.log_file))
     n_classes = len(data.competition.classes)
     metrics = found | {
         "uniform_log_loss": math.log(n_classes),
         "best_epoch": int(history["val_loss"].idxmin()) + 1,
         "epochs": len(history),
-        "train_images": len(data.train),
-        "val_images": len(data.val),
+        "train_images": len(train),
+        "val_images": len(val),
         "train_seconds": round(float(history["seconds"].sum()), 1),
         "precision": precision,
         "strategy": describe(strategy),
@@ -411,6 +158,7 @@ def _finish(
 
 
 def _save_skipped(run: Run, data: Data) -> None:
+    """The images left out as unreadable, named in the run."""
     if len(data.skipped):
         run.write(Run.skipped_file, data.skipped.to_csv(index=False))
         log.warning(f"the skipped images are listed in {run.file(Run.skipped_file)}")
@@ -419,20 +167,26 @@ def _save_skipped(run: Run, data: Data) -> None:
 def train(config: TrainConfig, run_dir: str | None = None, budget: Budget | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
     budget = budget or Budget()
+    if config.method == "finetune" and config.image_size is None:  # saved as used, for resume and submit
+        config = replace(config, image_size=get_backbone(config.backbone).size)
     if config.folds > 1:
         return train_folds(config, run_dir, budget)
     return _train_one(config, run_dir, budget=budget)
 
 
 def _train_one(
-    config: TrainConfig, run_dir: str | Path | None, inputs: HeadInputs | None = None, budget: Budget | None = None
+    config: TrainConfig,
+    run_dir: str | Path | None,
+    data: Data | None = None,
+    inputs: HeadInputs | None = None,
+    budget: Budget | None = None,
 ) -> TrainResult:
-    """One model on one split: a single run, or one fold of a k-fold run."""
+    """One model on one split: a single run, or one fold of a k-fold run (handed its `data`)."""
     budget = budget or Budget()
     if config.method == "features":
-        return train_features(config, run_dir, inputs)
+        return train_features(config, run_dir, data, inputs)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
-    data = prepare_data(config)
+    data = data or prepare_data(config.data, config.split)
     keras.utils.set_random_seed(config.seed)
     precision = use_precision(config.precision)
     with strategy.scope():
@@ -444,12 +198,13 @@ def _train_one(
             hidden_units=config.hidden_units,
             pretrained=config.pretrained,
         )
-    run = Run.create(config, data.competition.classes, run_dir)
+    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone)
     _save_skipped(run, data)
     _save_fold(run, config, data)
+    train, val = data.held_out(config.fold)
     log.info(
-        f"training {config.backbone} at {config.image_size}px on {len(data.train)} images "
-        f"({len(data.val)} held out, {len(data.competition.classes)} classes, {precision}, "
+        f"training {config.backbone} at {config.image_size}px on {len(train)} images "
+        f"({len(val)} held out, {len(data.competition.classes)} classes, {precision}, "
         f"{describe(strategy)}) -> {run.path}"
     )
     with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
@@ -474,7 +229,7 @@ def _readable_tests(data: Data) -> list[pd.DataFrame]:
 
 
 def train_features(
-    config: TrainConfig, run_dir: str | Path | None = None, inputs: HeadInputs | None = None
+    config: TrainConfig, run_dir: str | Path | None = None, data: Data | None = None, inputs: HeadInputs | None = None
 ) -> TrainResult:
     """--method features: cached backbone vectors (train, validation, test), then a head on them.
 
@@ -482,32 +237,34 @@ def train_features(
     the head then trains in seconds, and submit finds the test vectors already cached.
     A fold of a k-fold run is handed its `inputs`, cut from one extraction of every image.
     """
-    data = prepare_data(config)
-    cache = FeatureCache(config.cache_dir, config.batch_size)
+    data = data or prepare_data(config.data, config.split)
+    train, val = data.held_out(config.fold)
+    features = config.features
+    cache = FeatureCache(features.cache_dir, features.batch_size)
     started = time.perf_counter()
     if inputs is None:
-        inputs = _extracted(head_inputs, cache, config, data.train, data.val, _readable_tests(data))
+        inputs = _extracted(head_inputs, cache, features, train, val, _readable_tests(data))
     extraction_seconds = time.perf_counter() - started
 
-    run = Run.create(config, data.competition.classes, run_dir)
+    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone)
     _save_skipped(run, data)
     _save_fold(run, config, data)
-    n_classes, y_val = len(data.competition.classes), data.val["label"].to_numpy()
+    n_classes, y_val = len(data.competition.classes), val["label"].to_numpy()
     log.info(
         f"training a {config.head} head on {inputs.x.shape[1]} features x {len(inputs.x)} rows "
-        f"({config.feature_views} views of {len(data.train)} images; {len(data.val)} held out) -> {run.path}"
+        f"({config.feature_views} views of {len(train)} images; {len(val)} held out) -> {run.path}"
     )
     title = f"{run.name}: {config.head} head on cached features"
-    head = fit_head(run, config, inputs.x, inputs.y, inputs.x_val, y_val, n_classes, title)
+    head = fit_head(run, config.head_settings, inputs, y_val, n_classes, title)
     probabilities = head.model.predict(inputs.x_val, batch_size=1024, verbose=0)
-    run.save_predictions(Run.val_predictions_file, data.val["id"], data.competition.classes, probabilities)
+    run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, probabilities)
     metrics = {f"val_{k}": v for k, v in scores(probabilities, y_val).items()} | {
         "uniform_log_loss": math.log(n_classes),
         "method": "features",
         "head": config.head,
         "features": int(inputs.x.shape[1]),
-        "train_images": len(data.train),
-        "val_images": len(data.val),
+        "train_images": len(train),
+        "val_images": len(val),
         "feature_rows": len(inputs.x),
         "images_extracted": cache.extracted,
         "extraction_seconds": round(extraction_seconds, 2),
@@ -576,22 +333,21 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
     fold is there, oof.csv holds each labelled image's prediction by the fold that held it out.
     Features: every labelled image is extracted once, and each fold's head is cut from that.
     """
-    first = prepare_data(replace(config, fold=1))  # checks the data before any folder is made
-    competition = first.competition
-    images = first.labelled()
+    data = prepare_data(config.data, replace(config.split, fold=None))  # checked before any folder is made
+    competition, images = data.competition, data.images
     if run_dir is not None and Run(Path(run_dir)).file(Run.config_file).is_file():
-        existing = Run(Path(run_dir)).config()
+        existing = TrainConfig.load(Run(Path(run_dir)).file(Run.config_file))
         differing = [k for k, v in asdict(replace(config, fold=None)).items() if asdict(existing).get(k) != v]
         if differing:
             raise DogbreedsError(
                 f"{run_dir} holds a run with other settings ({', '.join(differing)}); give the same options "
                 "as its other folds, or another --run-dir"
             )
-    root = Run.create(replace(config, fold=None), competition.classes, run_dir)
+    root = Run.create(replace(config, fold=None).to_json(), competition.classes, run_dir, name=config.backbone)
     vectors, started = None, time.perf_counter()
     if config.method == "features":
         cache = FeatureCache(config.cache_dir, config.batch_size)
-        vectors = _extracted(labelled_vectors, cache, config, images, _readable_tests(first))
+        vectors = _extracted(labelled_vectors, cache, config.features, images, _readable_tests(data))
     extraction_seconds = round(time.perf_counter() - started, 2)
     budget = budget or Budget()  # one budget for all the folds
     for i in [config.fold] if config.fold else range(1, config.folds + 1):
@@ -603,12 +359,12 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
             break
         log.info(f"fold {i} of {config.folds} -> {fold_run.path}")
         if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
-            _resume_one(fold_run, budget)
+            _resume_one(fold_run, budget, data)
         else:
-            data = prepare_data(fold_config)
-            inputs = vectors.head_inputs(data.train["id"], data.val["id"]) if vectors else None
-            _train_one(fold_config, fold_run.path, inputs, budget)
-    result = _finish_folds(root, config, _fold_identity(config, first), images)
+            train, val = data.held_out(i)
+            inputs = vectors.head_inputs(train["id"], val["id"]) if vectors else None
+            _train_one(fold_config, fold_run.path, data, inputs, budget)
+    result = _finish_folds(root, config, _fold_identity(config, data), images)
     if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
         result.metrics["extraction_seconds"] = extraction_seconds
         root.save_metrics(result.metrics)
@@ -622,8 +378,7 @@ def _seconds(metrics: dict) -> float:
 
 def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.DataFrame) -> FoldsResult:
     """Merge the trained folds: check they belong to one split, then oof.csv and the metrics."""
-    folds = [root.fold(i) for i in range(1, config.folds + 1)]
-    trained = [i for i, fold in enumerate(folds, 1) if _fold_finished(fold) and not _stopped_early(fold)]
+    trained = [i for i, fold in enumerate(root.members, 1) if _fold_finished(fold) and not _stopped_early(fold)]
     fold_metrics = {}
     for i in trained:
         recorded = json.loads(root.fold(i).file(Run.fold_file).read_text())
@@ -662,12 +417,12 @@ def resume(run_ref: str, budget: Budget | None = None) -> TrainResult:
     keeps its finished folds, continues or trains the others, and merges them."""
     run = Run.open(run_ref, need_model=False)
     if run.folds > 1:
-        return train_folds(run.config(), run.path, budget)
+        return train_folds(TrainConfig.load(run.file(Run.config_file)), run.path, budget)
     return _resume_one(run, budget or Budget())
 
 
-def _resume_one(run: Run, budget: Budget) -> TrainResult:
-    config = run.config()
+def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResult:
+    config = TrainConfig.load(run.file(Run.config_file))
     if config.method == "features":
         raise DogbreedsError(
             f"run {run.path} uses cached features: run its training command again; the extraction resumes by itself"
@@ -677,7 +432,7 @@ def _resume_one(run: Run, budget: Budget) -> TrainResult:
         raise DogbreedsError(f"run {run.path} has no completed epoch to resume from; train it again")
     progress = Progress(**json.loads(progress_path.read_text()))
     strategy = make_strategy(config.strategy)
-    data = prepare_data(config)
+    data = data or prepare_data(config.data, config.split)
     if data.competition.classes != run.classes():
         raise DogbreedsError(f"the classes of {data.competition.root} differ from run {run.path}'s; resume on its data")
     precision = use_precision(config.precision)

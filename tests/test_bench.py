@@ -24,7 +24,7 @@ def test_bench_measures_every_stage_on_generated_photos(tmp_path):
     result = dogbreeds(
         "bench",
         *("--backbone", "tiny_cnn", "--image-size", 48, "--batch-size", 8),
-        *("--images", 24, "--model-images", 16, "--json", "-"),
+        *("--images", 24, "--model-images", 16, "--json"),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

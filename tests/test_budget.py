@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.training import Budget
+from dogbreeds.loop import Budget
 
 from conftest import TINY, dogbreeds
 

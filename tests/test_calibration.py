@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 from dogbreeds import calibration
-from dogbreeds.calibration import EPSILON, Calibration, apply_temperature, clip, reliability
+from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, apply_temperature, reliability
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.evaluation import confused_pairs, example_order, per_breed_table
-from dogbreeds.metrics import confusion_matrix, log_loss, top_k_accuracy
+from dogbreeds.metrics import clip, confusion_matrix, log_loss, top_k_accuracy
 
 
 def softmax(z):
@@ -32,7 +32,7 @@ def test_temperature_fit_recovers_a_known_temperature(true_temperature):
     logits, labels = synthetic()
     # A model whose logits are T times the true ones (over-confident for T > 1): p^(1/T) undoes it.
     probabilities = softmax(logits * true_temperature)
-    fitted = calibration.fit(probabilities, labels)
+    fitted = calibration.fit_calibration(probabilities, labels)
     assert fitted.temperature == pytest.approx(true_temperature, rel=0.1)
     assert fitted.log_loss_after < fitted.log_loss_before - 0.02
     assert fitted.log_loss_after == pytest.approx(log_loss(fitted.apply(probabilities), labels))
@@ -41,7 +41,7 @@ def test_temperature_fit_recovers_a_known_temperature(true_temperature):
 
 def test_calibrated_predictions_keep_t_near_one():
     logits, labels = synthetic(seed=1)
-    fitted = calibration.fit(softmax(logits), labels)
+    fitted = calibration.fit_calibration(softmax(logits), labels)
     assert fitted.temperature == pytest.approx(1.0, abs=0.08)
 
 
@@ -55,8 +55,8 @@ def test_calibration_never_raises_validation_log_loss(seed):
     probabilities[:, 0] += 1e-12
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     labels = rng.integers(classes, size=n)
-    fitted = calibration.fit(probabilities, labels)
-    before = log_loss(clip(probabilities, EPSILON), labels)
+    fitted = calibration.fit_calibration(probabilities, labels)
+    before = log_loss(clip(probabilities, DEFAULT_FLOOR), labels)
     assert fitted.log_loss_before == pytest.approx(before)
     assert log_loss(fitted.apply(probabilities), labels) <= before + 1e-12
     assert 0.05 <= fitted.temperature <= 20 and fitted.floor < 1 / classes
@@ -69,8 +69,8 @@ def test_floor_rises_when_confident_mistakes_dominate():
     probabilities[wrong] = 0.0
     probabilities[wrong, (labels[wrong] + 1) % 10] = 1.0
     floor = calibration.choose_floor(probabilities, labels)
-    assert floor > EPSILON
-    assert log_loss(clip(probabilities, floor), labels) < log_loss(clip(probabilities, EPSILON), labels)
+    assert floor > DEFAULT_FLOOR
+    assert log_loss(clip(probabilities, floor), labels) < log_loss(clip(probabilities, DEFAULT_FLOOR), labels)
 
 
 def test_temperature_keeps_the_ranking_and_rows_sum_to_one():
@@ -180,7 +180,7 @@ def test_a_correction_is_kept_only_where_it_holds_on_unseen_halves():
         rng = np.random.default_rng(seed)
         labels = rng.integers(3, size=36)
         probabilities = softmax(rng.normal(scale=0.5, size=(36, 3)) + 0.6 * np.eye(3)[labels])
-        fitted = calibration.fit(probabilities, labels, seed=seed)
+        fitted = calibration.fit_calibration(probabilities, labels, seed=seed)
         in_sample = calibration.fit_temperature(probabilities, labels)
         if fitted.temperature != 1.0:
             assert fitted.log_loss_after_cross_validated < fitted.log_loss_before

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dogbreeds import cifar
+from dogbreeds.cifar import data as cifar
 from dogbreeds.errors import DogbreedsError
 
 from conftest import dogbreeds
@@ -150,7 +150,7 @@ def test_data_errors_say_what_to_pass(tmp_path, monkeypatch):
 def test_unknown_model_is_one_line(tmp_path):
     result = dogbreeds("cifar", "--model", "vgg", "--data", tmp_path)
     assert result.returncode == 2
-    assert "--model 'vgg' is not one of mlp, cnn, resnet9, seed-cnn, transfer, all" in result.stderr
+    assert "--model 'vgg' is not one of mlp, seed-cnn, resnet9, airbench, transfer, all" in result.stderr
 
 
 def test_every_model_trains_and_all_writes_the_table(image_folders, tmp_path):
@@ -162,7 +162,7 @@ def test_every_model_trains_and_all_writes_the_table(image_folders, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(run / "results.csv")
-    assert table["model"].tolist() == ["mlp", "seed-cnn", "resnet9", "cnn", "transfer"]
+    assert table["model"].tolist() == ["mlp", "seed-cnn", "resnet9", "airbench", "transfer"]
     assert (table["epochs"] == 1).all() and (table["parameters"] > 0).all()
     assert table["test_accuracy"].between(0, 1).all() and (table["test_log_loss"] > 0).all()
     markdown = (run / "results.md").read_text()
@@ -171,7 +171,7 @@ def test_every_model_trains_and_all_writes_the_table(image_folders, tmp_path):
     for model in table["model"]:
         assert (run / model / "model.keras").is_file() and (run / model / "history.csv").is_file()
     assert "transfer: test accuracy" in result.stdout
-    metrics = pd.read_json(run / "cnn" / "metrics.json", typ="series")
+    metrics = pd.read_json(run / "airbench" / "metrics.json", typ="series")
     assert metrics["test_tta"] == "flip_translate" and metrics["parameters"] > 1_900_000  # airbench94's net
 
 

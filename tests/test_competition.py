@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from dogbreeds import competition as comp
-from dogbreeds.competition import Competition, locate_data, split, stratified_order
+from dogbreeds.competition import Competition, locate_data, split_frame, stratified_order
 from dogbreeds.errors import DogbreedsError
 
 
@@ -88,23 +88,23 @@ def frame(counts):
 
 def test_split_is_stratified_disjoint_and_repeatable():
     data = frame([50, 30, 20])
-    train, val = split(data, val_split=0.2, seed=42)
+    train, val = split_frame(data, val_split=0.2, seed=42)
     assert len(val) == 20 and len(train) == 80
     assert set(train["id"]).isdisjoint(val["id"])
     assert val["label"].value_counts().sort_index().tolist() == [10, 6, 4]
-    again_train, again_val = split(data, val_split=0.2, seed=42)
+    again_train, again_val = split_frame(data, val_split=0.2, seed=42)
     assert again_val["id"].tolist() == val["id"].tolist()
-    other = split(data, val_split=0.2, seed=7)[1]
+    other = split_frame(data, val_split=0.2, seed=7)[1]
     assert other["id"].tolist() != val["id"].tolist()
 
 
 def test_split_keeps_single_image_classes_in_training():
-    train, val = split(frame([40, 1, 1]), val_split=0.25, seed=0)
+    train, val = split_frame(frame([40, 1, 1]), val_split=0.25, seed=0)
     assert {1, 2} <= set(train["label"])
 
 
 def test_limit_takes_a_stratified_subset():
-    train, val = split(frame([600, 300, 100]), val_split=0.2, seed=1, limit=100)
+    train, val = split_frame(frame([600, 300, 100]), val_split=0.2, seed=1, limit=100)
     both = pd.concat([train, val])
     assert len(both) == 100
     assert both["label"].value_counts().sort_index().tolist() == [60, 30, 10]

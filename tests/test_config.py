@@ -1,12 +1,16 @@
 import pytest
 
-from dogbreeds.config import Augmentation, TrainConfig, flag_of, from_options, option_fields
+from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.models import get_backbone
+from dogbreeds.options import flag_of, from_options, option_fields
+from dogbreeds.settings import Augmentation
 
 
 def test_defaults_are_the_competition_settings():
     config = TrainConfig()
-    assert (config.backbone, config.weights, config.image_size) == ("inception_resnet_v2", "imagenet", 331)
+    assert (config.backbone, config.weights, config.image_size) == ("inception_resnet_v2", "imagenet", None)
+    assert get_backbone(config.backbone).size == 331  # what train uses and records for None
     assert (config.epochs, config.fine_tune_epochs, config.val_split, config.seed) == (5, 5, 0.2, 42)
     assert config.recipe == "strong" and config.fine_tune_lr == pytest.approx(config.learning_rate / 10)
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from dogbreeds.calibration import Calibration, apply_temperature, clip
-from dogbreeds.competition import Competition, split
+from dogbreeds.competition import Competition, split_frame
 from dogbreeds.config import TrainConfig
 
 from conftest import console_script, dogbreeds, train_tiny
@@ -34,7 +34,7 @@ def test_evaluate_writes_figures_tables_pictures_and_a_calibration(evaluated, co
     report = json.loads((run / "evaluation.json").read_text())
     # The very images training held out, recomputed from the run's config.
     config = TrainConfig.from_json((run / "config.json").read_text())
-    _, val = split(
+    _, val = split_frame(
         Competition.load(competition).labels, val_split=config.val_split, seed=config.seed, limit=config.limit
     )
     assert report["images"] == len(val) == sum(row["images"] for row in report["per_breed"])

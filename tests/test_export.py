@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dogbreeds.calibration import EPSILON, clip
+from dogbreeds.calibration import DEFAULT_FLOOR
+from dogbreeds.metrics import clip
 from dogbreeds.pipeline import decode
 
 from conftest import TINY, dogbreeds, train_tiny
@@ -65,7 +66,7 @@ def test_export_gives_what_predict_gives(runs, competition, tmp_path, run, forma
     classes, expected = predicted(runs / run, paths)
     assert json.loads((target / "classes.json").read_text()) == classes
     probabilities = served(target, format, images)
-    np.testing.assert_allclose(clip(probabilities, EPSILON), expected, atol=2e-6)  # as predict clips, to 6 digits
+    np.testing.assert_allclose(clip(probabilities, DEFAULT_FLOOR), expected, atol=2e-6)  # as predict clips, to 6 digits
 
 
 def test_an_interrupted_export_leaves_nothing(runs, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from dogbreeds.cache import FeatureCache, FeatureSpec, training_features
 from dogbreeds.config import TrainConfig
 from dogbreeds.heads import train_dense_head, train_logreg_head
 from dogbreeds.models import build_backbone
+from dogbreeds.settings import HeadSettings
 
 from conftest import dogbreeds
 
@@ -53,10 +54,10 @@ def test_same_settings_reuse_the_cache_and_any_change_makes_a_new_entry(images, 
 def test_more_views_extract_only_the_new_view(images, tmp_path):
     cache = FeatureCache(tmp_path / "cache", batch_size=8)
     config = TrainConfig(method="features", backbone="tiny_cnn", weights="none", image_size=48, feature_views=2)
-    two = training_features(cache, config, images)
+    two = training_features(cache, config.features, images)
     assert two.shape == (40, 64) and cache.extracted == 40
     config.feature_views = 3
-    three = training_features(cache, config, images)
+    three = training_features(cache, config.features, images)
     assert three.shape == (60, 64) and cache.extracted == 60
     np.testing.assert_array_equal(three[:40], two)
     mirrored_differs = not np.allclose(two[:20], two[20:])
@@ -93,8 +94,7 @@ def test_logreg_head_is_the_same_model_as_scikit_learn():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6)).astype("float32") * [1, 5, 0.1, 1, 1, 2]
     y = (x[:, 0] + x[:, 1] / 5 > 0).astype(int) + (x[:, 3] > 1)
-    config = TrainConfig(method="features", head="logreg")
-    model, search = train_logreg_head(config, x, y, x, y, n_classes=4)  # class 3 never seen
+    model, search = train_logreg_head(HeadSettings(head="logreg"), x, y, x, y, n_classes=4)  # class 3 never seen
     c = search.loc[search["val_loss"].idxmin(), "C"]
     mean, scale = x.mean(0), x.std(0) + 1e-6
     expected = LogisticRegression(C=c, max_iter=300).fit((x - mean) / scale, y).predict_proba((x - mean) / scale)
@@ -140,12 +140,12 @@ def test_the_saved_dense_head_scores_what_training_validated():
     y, y_val = rng.integers(0, 3, 600), rng.integers(0, 3, 150)
     x = (centres[y] + rng.normal(size=(600, 40)) + 5).astype("float32")
     x_val = (centres[y_val] + rng.normal(size=(150, 40)) + 5).astype("float32")
-    config = TrainConfig(method="features", head_epochs=30)
-    model, history = train_dense_head(config, x, y, x_val, y_val, n_classes=3)
+    settings = HeadSettings(epochs=30)
+    model, history = train_dense_head(settings, x, y, x_val, y_val, n_classes=3)
     p = model.predict(x_val, verbose=0)
     assert -np.log(p[np.arange(150), y_val]).mean() == pytest.approx(history["val_loss"].min(), abs=1e-4)
     assert (p.argmax(1) == y_val).mean() > 0.95 and history["val_loss"].min() < 0.3
-    _, again = train_dense_head(config, x, y, x_val, y_val, n_classes=3)
+    _, again = train_dense_head(settings, x, y, x_val, y_val, n_classes=3)
     pd.testing.assert_frame_equal(history, again)  # the seed repeats the run
 
 
@@ -156,8 +156,8 @@ def test_the_dense_head_keeps_its_best_epoch_not_its_last():
     centres = rng.normal(scale=3, size=(3, 40))
     y = rng.integers(0, 3, 600)
     x = (centres[y] + rng.normal(size=(600, 40))).astype("float32")
-    config = TrainConfig(method="features", head_epochs=40, patience=1)
-    model, history = train_dense_head(config, x, y, x[:150], (y[:150] + 1) % 3, n_classes=3)
+    settings = HeadSettings(epochs=40, patience=1)
+    model, history = train_dense_head(settings, x, y, x[:150], (y[:150] + 1) % 3, n_classes=3)
     best = int(history["val_loss"].idxmin())
     assert len(history) == best + 6 < 40  # stopped early, after at least 5 epochs' patience
     p = model.predict(x[:150], verbose=0)

@@ -9,52 +9,89 @@ import sys
 from pathlib import Path
 
 import dogbreeds
-from dogbreeds.config import TrainConfig, option_table
+from dogbreeds.config import TrainConfig
+from dogbreeds.options import option_table
 
 PACKAGE = Path(dogbreeds.__file__).parent
 README = PACKAGE.parent / "README.md"
 OPTIONS_PAGE = PACKAGE.parent / "docs" / "options.md"
 
 # Lowest first: a module imports only from layers below its own (docs/design.md draws them).
+# `cifar` is a subpackage, one node here: its modules are checked together.
 LAYERS = [
     {"errors", "metrics", "images", "synthetic"},
-    {"config", "calibration", "places"},
-    {"competition", "runs", "models", "distribute", "pipeline"},
+    {"files", "options", "calibration", "places"},
+    {"settings"},
+    {"config", "competition", "runs", "models", "distribute", "pipeline"},
     {"report", "cache"},
-    {"heads", "inference"},
+    {"heads", "inference", "loop"},  # below the jobs: they take small settings, never the whole config
     {"training", "submission", "scoring"},  # the jobs: a run, a submission, a score
     {"evaluation", "prediction", "listing", "bench", "cifar", "demo", "blending", "exporting"},  # commands, siblings
     {"cli"},
     {"__main__"},
 ]
+JOBS = LAYERS.index({"training", "submission", "scoring"})
 PREDICTION_SIDE = {
     "submission", "evaluation", "prediction", "exporting", "inference", "metrics", "calibration", "report", "scoring"
 }  # fmt: skip
 
 
+def sources(module: str) -> list[Path]:
+    """The files of a module, or of every module of a subpackage."""
+    folder = PACKAGE / module
+    return sorted(folder.glob("*.py")) if folder.is_dir() else [PACKAGE / f"{module}.py"]
+
+
 def imports_of(module: str) -> set[str]:
-    """The package's modules that `module` imports, at the top or inside functions."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    """The package's modules (and subpackages) that `module` imports, at the top or inside functions."""
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module == "dogbreeds":
-            found |= {alias.name for alias in node.names if alias.name != "__version__"}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dogbreeds."):
-            found.add(node.module.split(".")[1])
-        elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dogbreeds.")}
-    return found
+    for source in sources(module):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "dogbreeds":
+                found |= {alias.name for alias in node.names if alias.name != "__version__"}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dogbreeds."):
+                found.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("dogbreeds.")}
+    return found - {module}
 
 
 def layer_of(module: str) -> int:
     return next(i for i, layer in enumerate(LAYERS) if module in layer)
 
 
+def modules() -> set[str]:
+    return {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+
+
 def test_every_module_has_a_layer_and_imports_only_from_below():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert modules == set().union(*LAYERS)
-    wrong = [(m, i) for m in sorted(modules) for i in sorted(imports_of(m)) if layer_of(i) >= layer_of(m)]
+    assert modules() == set().union(*LAYERS)
+    wrong = [(m, i) for m in sorted(modules()) for i in sorted(imports_of(m)) if layer_of(i) >= layer_of(m)]
     assert not wrong, f"imports from the same layer or above: {wrong}"
+
+
+def names_in(module: str) -> set[str]:
+    """Every name the module's code uses or imports (docstrings and comments aside)."""
+    found = set()
+    for source in sources(module):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Name):
+                found.add(node.id)
+            elif isinstance(node, ast.Attribute):
+                found.add(node.attr)
+            elif isinstance(node, ast.alias):
+                found.add(node.name)
+    return found
+
+
+def test_below_the_jobs_no_module_takes_the_whole_configuration():
+    below = [m for m in modules() if layer_of(m) < JOBS and m != "config"]
+    naming = [m for m in below if "TrainConfig" in names_in(m)]
+    assert not naming, f"modules below the jobs that name TrainConfig: {naming}"
+
+
+def test_the_cifar_package_is_imported_by_the_command_line_only():
+    assert [m for m in sorted(modules()) if "cifar" in imports_of(m)] == ["cli"]
 
 
 def test_no_prediction_side_module_reaches_the_training_module():

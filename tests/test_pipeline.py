@@ -4,7 +4,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from dogbreeds.config import Augmentation
 from dogbreeds.images import inspect_images
 from dogbreeds.pipeline import (
     LegacyLoader,
@@ -14,6 +13,7 @@ from dogbreeds.pipeline import (
     random_affine,
     warp,
 )
+from dogbreeds.settings import Augmentation
 
 
 def as_array(path, size=32, orientation=1):

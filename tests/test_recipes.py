@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dogbreeds.config import RECIPES, Augmentation, BatchAugmentation, TrainConfig
+from dogbreeds.config import RECIPES, TrainConfig
 from dogbreeds.pipeline import TFDataLoader
+from dogbreeds.settings import Augmentation, BatchAugmentation
 from dogbreeds.training import competition_phases
 
 from conftest import TINY, dogbreeds

@@ -13,12 +13,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from dogbreeds.config import CifarConfig, TrainConfig
+from dogbreeds.cifar.config import CifarConfig
+from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import user_facing_failures
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.images import inspect_images
 from dogbreeds.models import build_backbone
-from dogbreeds.runs import Run
 from dogbreeds.synthetic import make_competition
 
 from conftest import TINY, console_script, dogbreeds
@@ -180,7 +180,7 @@ def test_run_without_model_or_from_another_version(tiny_run, tmp_path):
     config["run_format"] = 0
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(DogbreedsError, match="another run format"):
-        Run(broken).config()
+        TrainConfig.load(broken / "config.json")
 
 
 def test_a_cifar_run_is_not_taken_for_a_competition_run(tiny_run, tmp_path):

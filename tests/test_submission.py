@@ -3,15 +3,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dogbreeds.calibration import clip
+from dogbreeds.calibration import DEFAULT_FLOOR
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.inference import with_flip_tta
+from dogbreeds.metrics import clip
 from dogbreeds.scoring import score
 from dogbreeds.submission import check_submission
 
 
 def test_clip_keeps_rows_distributions_away_from_zero_and_one():
-    p = clip(np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]]))
+    p = clip(np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5]]), DEFAULT_FLOOR)
     assert (p > 0).all() and (p < 1).all()
     np.testing.assert_allclose(p.sum(axis=1), 1.0)
     np.testing.assert_allclose(p[1], [0.2, 0.3, 0.5], atol=1e-5)

@@ -1,0 +1,60 @@
+"""Writing files so that a reader never sees half of one, and claiming an output path once.
+
+Every file the package writes (a run's files, a submission, the feature cache's progress, a
+picture) goes through here: written beside its place, then renamed into it. The probability
+table (id, then one column per class, in the sample submission's order) is the one format of
+every predictions file and submission, so it is built here too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from dogbreeds.errors import DogbreedsError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FLOAT_FORMAT = "%.8g"  # probabilities in a CSV: enough digits for any log loss, a third of the bytes of repr
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain file is what the user expects
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh name beside `path` for writers that need a file name (Keras, matplotlib)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+
+
+def claim_output(path: Path, *, force: bool) -> Path:
+    """`--out`: a path that may be written, or the one-line refusal to overwrite it."""
+    if path.exists() and not force:
+        raise DogbreedsError(f"{path} exists; pass --force to overwrite it or --out another file")
+    return path
+
+
+def probability_table(ids, classes: list[str], probabilities) -> pd.DataFrame:
+    """id, then the classes in order: a submission's layout, and that of every predictions file."""
+    frame = pd.DataFrame(probabilities, columns=classes)
+    frame.insert(0, "id", list(ids))
+    return frame
+
+
+def table_csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format=FLOAT_FORMAT)

@@ -1,0 +1,204 @@
+"""The training loop under every job: phases of training in turn, on one epoch axis, with the run
+folder updated after every epoch.
+
+A `Phase` is a stretch of training with its own optimizer (a frozen backbone, then fine-tuning;
+or one phase for a network trained from scratch). After every epoch the run folder gets the
+epoch log, the best model by validation loss, and (when resumable) the model with its
+optimizer (`last.keras`) and where training stands (`progress.json`), all written atomically,
+so a run stopped by Ctrl-C, a kill or the end of a Kaggle session continues with `--resume`.
+`--time-budget` is a `Budget`: an epoch that would not end in time is not started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import keras
+import pandas as pd
+import tensorflow as tf
+
+from dogbreeds.errors import DogbreedsError
+from dogbreeds.runs import Run
+
+
+@dataclass
+class Progress:
+    """Where training stands: saved after every epoch as progress.json."""
+
+    epoch: int = 0  # completed epochs, on one axis across both phases
+    phase: str = ""
+    phase_start: int = 0
+    completed: list[str] = field(default_factory=list)
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """`--ema`: Keras validates with the optimizer's moving average of the weights; this also
+    lends it to SaveProgress for the best model. The last model keeps the raw weights and the
+    average in its optimizer, so that a resumed run goes on exactly; fit leaves the average in
+    the model when a phase ends."""
+
+    @contextmanager
+    def holding_average(self):
+        self._swap_variables()
+        try:
+            yield
+        finally:
+            self._swap_variables()
+
+
+class SaveProgress(keras.callbacks.Callback):
+    """After each epoch: the epoch log, the best model, the last model, then progress.json."""
+
+    def __init__(self, run: Run, progress: Progress, resumable: bool = True):
+        super().__init__()
+        self.run, self.progress, self.resumable = run, progress, resumable
+        self.averaged: AveragedWeights | None = None  # set by fit_phases for an optimizer with use_ema
+        log_path = run.file(Run.log_file)
+        rows = pd.read_csv(log_path).head(progress.epoch) if log_path.is_file() and progress.epoch else pd.DataFrame()
+        self.rows = rows.to_dict("records")
+        seen = [r["val_loss"] for r in self.rows if "val_loss" in r]
+        self.best = min(seen, default=math.inf)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        row = {"epoch": epoch, "phase": self.progress.phase, **logs}
+        row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row["seconds"] = round(time.perf_counter() - self.started, 2)
+        self.rows.append(row)
+        self.run.write(Run.log_file, pd.DataFrame(self.rows).to_csv(index=False))
+        if logs.get("val_loss", math.inf) < self.best:
+            self.best = logs["val_loss"]
+            with self.averaged.holding_average() if self.averaged else nullcontext():
+                self.run.save_model(self.model)
+        self.progress.epoch = epoch + 1
+        if self.resumable:
+            self.run.save_model(self.model, Run.last_file)
+            self.run.write(Run.progress_file, json.dumps(asdict(self.progress)))
+
+
+class Budget:
+    """`--time-budget`: an epoch that would not end before the deadline, judged by the longest
+    epoch so far, is not started; the run then ends as if its epochs were done, resumable."""
+
+    def __init__(self, seconds: float | None = None, started: float | None = None):
+        """`seconds` from `started` (a time.monotonic() value: the command's start), or from now."""
+        self.deadline = None if seconds is None else (started or time.monotonic()) + seconds
+        self.longest = 0.0  # the longest epoch so far, in seconds
+        self.stopped = False
+
+    @staticmethod
+    def parse(text: str) -> float:
+        """Seconds in `8h30m`, `45m`, `90s` or `1h`."""
+        found = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?", text.strip())
+        if not text.strip() or not found:
+            raise DogbreedsError(f"--time-budget must look like 8h30m, 45m or 90s, got {text!r}")
+        hours, minutes, seconds = (int(v or 0) for v in found.groups())
+        return hours * 3600 + minutes * 60 + seconds
+
+    def allows_another(self) -> bool:
+        """Whether the next epoch should start; the first always does (there is nothing to judge by)."""
+        if self.deadline is not None and self.longest and time.monotonic() + self.longest > self.deadline:
+            self.stopped = True
+        return not self.stopped
+
+
+class KeepToBudget(keras.callbacks.Callback):
+    """Times each epoch and stops training when the budget leaves no room for another."""
+
+    def __init__(self, budget: Budget):
+        super().__init__()
+        self.budget = budget
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.budget.longest = max(self.budget.longest, time.monotonic() - self.started)
+        if not self.budget.allows_another():
+            self.model.stop_training = True
+
+
+
+@dataclass
+class Phase:
+    """A stretch of training with its own optimizer: what the loop needs to run it or resume it."""
+
+    name: str
+    epochs: int
+    optimizer: Callable[[], keras.optimizers.Optimizer]
+    prepare: Callable[[], None] = lambda: None  # set which layers train, before compiling
+    adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
+    loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"  # categorical_: target distributions
+    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)  # the phase's own, e.g. Lookahead
+
+
+def fit_phases(
+    model: keras.Model,
+    run: Run,
+    phases: list[Phase],
+    train_data: tf.data.Dataset,
+    val_data: tf.data.Dataset,
+    progress: Progress,
+    patience: int = 3,
+    resumable: bool = True,
+    budget: Budget | None = None,
+) -> None:
+    """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
+
+    A phase already in `progress.completed` is skipped; the current one (a resumed run)
+    continues without recompiling, so the optimizer loaded with the model keeps its state.
+    `resumable` keeps last.keras and progress.json for `--resume`; without it only the best
+    model and the epoch log are written. A `budget` that runs out leaves the phase unfinished,
+    to be resumed.
+    """
+    budget = budget or Budget()
+    saver = SaveProgress(run, progress, resumable)
+    verbose = 1 if sys.stdout.isatty() else 2
+    for phase in phases:
+        if phase.name in progress.completed:
+            continue
+        if not budget.allows_another():
+            return
+        if progress.phase != phase.name:
+            progress.phase, progress.phase_start = phase.name, progress.epoch
+            phase.prepare()
+            model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
+        callbacks = [*phase.callbacks, saver, KeepToBudget(budget)]
+        optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
+        saver.averaged = AveragedWeights() if optimizer.use_ema else None
+        if saver.averaged:
+            callbacks.insert(0, saver.averaged)
+        if phase.adaptive:
+            callbacks += [
+                keras.callbacks.EarlyStopping(patience=patience),
+                keras.callbacks.ReduceLROnPlateau(factor=0.2, patience=max(1, patience - 1), min_lr=1e-7),
+            ]
+        end = progress.phase_start + phase.epochs
+        fits = progress.epoch < end
+        if fits:
+            model.fit(
+                train_data,
+                validation_data=val_data,
+                initial_epoch=progress.epoch,
+                epochs=end,
+                verbose=verbose,
+                shuffle=False,  # the loaders shuffle, reproducibly
+                callbacks=callbacks,
+            )
+        if budget.stopped and progress.epoch < end:
+            return  # the phase goes on after --resume
+        progress.completed.append(phase.name)
+        if resumable:
+            if saver.averaged and fits:  # the next phase starts from the average, resumed or not
+                run.save_model(model, Run.last_file)
+            run.write(Run.progress_file, json.dumps(asdict(progress)))
