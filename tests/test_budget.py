@@ -11,7 +11,7 @@ import pytest
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.training import Budget
 
-from conftest import TINY, dogbreeds
+from helpers import TINY, dogbreeds
 
 
 @pytest.mark.parametrize("text, seconds", [("8h30m", 30600), ("45m", 2700), ("90s", 90), ("1h", 3600), ("2m5s", 125)])

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import dogbreeds, train_tiny
+from helpers import dogbreeds, train_tiny
 
 
 @pytest.fixture(scope="module")

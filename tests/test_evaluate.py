@@ -13,7 +13,7 @@ from dogbreeds.calibration import Calibration, apply_temperature, clip
 from dogbreeds.competition import Competition, split
 from dogbreeds.config import TrainConfig
 
-from conftest import console_script, dogbreeds, train_tiny
+from helpers import console_script, dogbreeds, train_tiny
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

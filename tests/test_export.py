@@ -12,7 +12,7 @@ import tensorflow as tf
 from dogbreeds.calibration import EPSILON, clip
 from dogbreeds.pipeline import decode
 
-from conftest import TINY, dogbreeds, train_tiny
+from helpers import TINY, dogbreeds, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from dogbreeds.config import TrainConfig
 from dogbreeds.heads import train_dense_head, train_logreg_head
 from dogbreeds.models import build_backbone
 
-from conftest import dogbreeds
+from helpers import dogbreeds
 
 
 @pytest.fixture

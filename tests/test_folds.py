@@ -17,7 +17,7 @@ from dogbreeds.blending import fit_weights
 from dogbreeds.competition import Competition, fold_split
 from dogbreeds.metrics import log_loss
 
-from conftest import TINY, dogbreeds
+from helpers import TINY, dogbreeds
 
 FEATURES = ("--method", "features", *TINY)
 

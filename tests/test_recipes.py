@@ -15,7 +15,7 @@ from dogbreeds.config import RECIPES, Augmentation, BatchAugmentation, TrainConf
 from dogbreeds.pipeline import TFDataLoader
 from dogbreeds.training import competition_phases
 
-from conftest import TINY, dogbreeds
+from helpers import TINY, dogbreeds
 
 CLASSES = 3
 

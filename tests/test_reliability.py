@@ -21,7 +21,7 @@ from dogbreeds.models import build_backbone
 from dogbreeds.runs import Run
 from dogbreeds.synthetic import make_competition
 
-from conftest import TINY, console_script, dogbreeds
+from helpers import TINY, console_script, dogbreeds
 
 
 def one_error_line(result, *fragments):
