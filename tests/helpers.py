@@ -14,6 +14,8 @@ import sys
 import traceback
 from types import SimpleNamespace
 
+import keras
+import numpy as np
 from typer.testing import CliRunner
 
 from dogbreeds.cli import app
@@ -63,3 +65,14 @@ def train_tiny(data, run, *, epochs: int = 2, fine_tune_epochs: int = 6):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return result
+
+
+def predicting_model(path, classes: int = 3) -> keras.Model:
+    """The model saved at `path`, loaded and checked to predict, for a batch of its input, one
+    finite probability distribution over `classes` per image; fails the test if it does not."""
+    model = keras.models.load_model(path)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, *model.input_shape[1:])).astype("float32")
+    p = model.predict(x, verbose=0)
+    assert p.shape == (4, classes) and np.isfinite(p).all(), (path, p)
+    np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+    return model
