@@ -1,4 +1,5 @@
-"""Fixtures: small generated competitions. Helpers that are not fixtures live in helpers.py.
+"""Fixtures: small generated competitions, and Keras' global precision policy put back after
+every test. Helpers that are not fixtures live in helpers.py.
 
 Nothing here needs the network or ../shared.
 """
@@ -11,6 +12,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
+
 from dogbreeds.synthetic import make_competition  # noqa: E402
 
 
@@ -20,3 +23,12 @@ def competition(tmp_path_factory):
     return make_competition(
         tmp_path_factory.mktemp("competition"), n_classes=3, train_per_class=16, n_test=9, image_size=48
     )
+
+
+@pytest.fixture(autouse=True)
+def keras_policy():
+    """Keras' global dtype policy as it was before the test, set back after it: a test (or a
+    `dogbreeds train --precision mixed_float16` run in-process) that changes it leaves no trace."""
+    before = keras.mixed_precision.global_policy()
+    yield before
+    keras.mixed_precision.set_global_policy(before)
