@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import keras
 import tensorflow as tf
 
-from dogbreeds.settings import STRATEGIES
 from dogbreeds.errors import DogbreedsError, Interrupted, log
+from dogbreeds.settings import STRATEGIES
 
 CPU_DEVICES_VARIABLE = "DOGBREEDS_CPU_DEVICES"  # split the CPU into N logical devices: replicas without GPUs
 

@@ -1,4 +1,5 @@
-"""Small generated competitions, and the command line run in-process or as the installed script.
+"""Fixtures: small generated competitions, and Keras' global precision policy put back after
+every test. Helpers that are not fixtures live in helpers.py.
 
 Nothing here needs the network or ../shared.
 """
@@ -6,19 +7,13 @@ Nothing here needs the network or ../shared.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import sys
-import traceback
-from types import SimpleNamespace
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from typer.testing import CliRunner  # noqa: E402
+import keras  # noqa: E402
 
-from dogbreeds.cli import app  # noqa: E402
 from dogbreeds.synthetic import make_competition  # noqa: E402
 
 
@@ -30,47 +25,10 @@ def competition(tmp_path_factory):
     )
 
 
-def dogbreeds(*args, cwd=None, env=None) -> SimpleNamespace:
-    """`dogbreeds ARGS` in this process, as Typer runs it: returncode, stdout and stderr.
-
-    An exception that is not a clean exit (a bug) lands in stderr as its traceback, as it
-    would in a terminal, so that tests checking for one line see it.
-    """
-    before = os.getcwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    finally:
-        os.chdir(before)
-    stderr = result.stderr
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        stderr += "".join(traceback.format_exception(*result.exc_info))
-    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=stderr)
-
-
-def console_script(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    """The installed console script in a process of its own: for signals, tracebacks, start-up."""
-    exe = shutil.which("dogbreeds")
-    command = [exe] if exe else [sys.executable, "-m", "dogbreeds"]
-    return subprocess.run(
-        [*command, *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-TINY = ("--backbone", "tiny_cnn", "--weights", "none", "--image-size", 48, "--batch-size", 8)
-
-
-def train_tiny(data, run, *, epochs: int = 2, fine_tune_epochs: int = 6):
-    """Train the tiny backbone from scratch through the command line; fails the test if it fails."""
-    result = dogbreeds(
-        "train", "--data", data, *TINY, "--epochs", epochs, "--fine-tune-epochs", fine_tune_epochs,
-        "--learning-rate", 3e-3, "--fine-tune-learning-rate", 2e-3, "--run-dir", run,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return result
+@pytest.fixture(autouse=True)
+def keras_policy():
+    """Keras' global dtype policy as it was before the test, set back after it: a test (or a
+    `dogbreeds train --precision mixed_float16` run in-process) that changes it leaves no trace."""
+    before = keras.mixed_precision.global_policy()
+    yield before
+    keras.mixed_precision.set_global_policy(before)

@@ -4,7 +4,7 @@ import json
 
 from dogbreeds.bench import BenchResult, Stage
 
-from conftest import dogbreeds
+from helpers import dogbreeds
 
 STAGES = {
     "legacy_loader",

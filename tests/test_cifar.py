@@ -13,7 +13,7 @@ from PIL import Image
 from dogbreeds.cifar import data as cifar
 from dogbreeds.errors import DogbreedsError
 
-from conftest import dogbreeds
+from helpers import dogbreeds
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (40, 60, 220), (230, 220, 40)]
 

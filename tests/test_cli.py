@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import dogbreeds, train_tiny
+from helpers import dogbreeds, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -94,16 +94,28 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path, competition):
     assert not (tmp_path / "runs").exists()
 
 
-def test_offline_imagenet_says_to_pass_a_file(monkeypatch, tmp_path):
+def test_offline_imagenet_names_the_file_and_how_to_get_it(monkeypatch, tmp_path):
+    """Off a Kaggle kernel, with no network: only the download is stubbed; the backbone is the real one."""
+    import keras
+
     from dogbreeds import models
     from dogbreeds.errors import DogbreedsError
 
-    def offline(**_):
-        raise Exception("URL fetch failure on https://storage.googleapis.com/...: [Errno -2] Name or service not known")
+    def no_internet(fname, origin, **_):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -2] Name or service not known")
 
-    monkeypatch.setitem(models.BACKBONES, "mobilenet_v2", models.Backbone("mobilenet_v2", offline, None, 224))
-    with pytest.raises(DogbreedsError, match="--weights /kaggle/input/"):
+    monkeypatch.setattr(keras.utils, "get_file", no_internet)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))  # an empty cache
+    monkeypatch.setenv("DOGBREEDS_KAGGLE_ROOT", str(tmp_path / "not-kaggle"))  # not a kernel
+    with pytest.raises(DogbreedsError) as error:
         models.build_backbone("mobilenet_v2", "imagenet", 96)
+    message = str(error.value)
+    assert message.startswith("no ImageNet weights for mobilenet_v2 at 96 px: the download failed")
+    assert "Name or service not known" in message and "https://" not in message  # the reason, not the URL
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_96_no_top.h5" in message
+    assert str(tmp_path / "keras-home" / "models") in message and "/input" not in message
+    assert "dogbreeds weights mobilenet_v2 --image-size 96 --download DIR" in message
+    assert message.endswith("or pass --weights FILE")
 
 
 def test_python_dash_m_works():

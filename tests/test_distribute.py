@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
 
 from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import describe, make_strategy, use_precision
@@ -62,8 +63,17 @@ def test_mirrored_strategy_trains_resumes_and_submits_on_two_cpu_devices(competi
     np.testing.assert_allclose(submission.iloc[:, 1:].sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_auto_is_one_device_on_a_cpu_and_a_missing_tpu_says_so():
+GPU_HOST = pytest.mark.skipif(
+    bool(tf.config.list_physical_devices("GPU")), reason="checks what a machine without a GPU gets"
+)
+
+
+@GPU_HOST
+def test_auto_is_one_device_on_a_cpu():
     assert describe(make_strategy("auto")) == "DefaultStrategy, 1 replica"
+
+
+def test_a_missing_tpu_says_so():
     with pytest.raises(DogbreedsError, match="no TPU could be reached"):
         make_strategy("tpu")
 
@@ -79,28 +89,33 @@ def test_the_legacy_loader_has_no_cache():
         TrainConfig(loader="legacy", cache_images="memory")
 
 
-def test_auto_precision_is_float32_on_a_cpu():
-    assert use_precision("auto") == "float32"
+def test_use_precision_sets_the_global_policy():
     assert use_precision("mixed_bfloat16") == "mixed_bfloat16"
-    use_precision("float32")
+    assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    assert use_precision("float32") == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@GPU_HOST
+def test_auto_precision_is_float32_on_a_cpu():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    assert use_precision("auto") == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
 
 
 @pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_trains_and_keeps_float32_probabilities(policy, compute):
-    keras.mixed_precision.set_global_policy(policy)
-    try:
-        model = build_classifier(build_backbone("tiny_cnn", "none", 32), 3, pretrained=False)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-        rng = np.random.default_rng(0)
-        x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
-        history = model.fit(x, rng.integers(3, size=8), epochs=2, batch_size=4, verbose=0)
-        assert np.isfinite(history.history["loss"]).all()
-        assert model.get_layer("head_norm").compute_dtype == compute  # the body really runs in half precision
-        if policy == "mixed_float16":  # float16 gradients need the loss scaled, and Keras does it
-            assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-        probabilities = model.predict(x, verbose=0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    keras.mixed_precision.set_global_policy(policy)  # set back by conftest's keras_policy fixture
+    model = build_classifier(build_backbone("tiny_cnn", "none", 32), 3, pretrained=False)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    history = model.fit(x, rng.integers(3, size=8), epochs=2, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert model.get_layer("head_norm").compute_dtype == compute  # the body really runs in half precision
+    if policy == "mixed_float16":  # float16 gradients need the loss scaled, and Keras does it
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    probabilities = model.predict(x, verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 

@@ -13,7 +13,7 @@ from dogbreeds.calibration import DEFAULT_FLOOR
 from dogbreeds.metrics import clip
 from dogbreeds.pipeline import decode
 
-from conftest import TINY, dogbreeds, train_tiny
+from helpers import TINY, dogbreeds, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dogbreeds.heads import train_dense_head, train_logreg_head
 from dogbreeds.models import build_backbone
 from dogbreeds.settings import HeadSettings
 
-from conftest import dogbreeds
+from helpers import dogbreeds
 
 
 @pytest.fixture

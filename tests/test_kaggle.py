@@ -10,7 +10,7 @@ import pytest
 
 from dogbreeds.models import build_backbone
 
-from conftest import TINY, dogbreeds
+from helpers import TINY, dogbreeds
 
 QUICK = (*TINY, "--epochs", 1, "--fine-tune-epochs", 0)
 

@@ -61,7 +61,8 @@ def layer_of(module: str) -> int:
 
 
 def modules() -> set[str]:
-    return {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    subpackages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    return {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"} | subpackages
 
 
 def test_every_module_has_a_layer_and_imports_only_from_below():

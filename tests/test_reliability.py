@@ -21,7 +21,7 @@ from dogbreeds.images import inspect_images
 from dogbreeds.models import build_backbone
 from dogbreeds.synthetic import make_competition
 
-from conftest import TINY, console_script, dogbreeds
+from helpers import TINY, console_script, dogbreeds, predicting_model
 
 
 def one_error_line(result, *fragments):
@@ -40,24 +40,24 @@ def fresh(tmp_path):
     return make_competition(tmp_path / "data", n_classes=3, train_per_class=12, n_test=6, image_size=48)
 
 
-def jpeg_bytes(size=(40, 30)):
-    path = "/tmp/_dogbreeds_probe.jpg"
+def jpeg_bytes(folder, size=(40, 30)):
+    """A whole JPEG's bytes, saved by PIL into the test's own `folder`."""
+    path = folder / "probe.jpg"
     Image.new("RGB", size, (120, 60, 30)).save(path)
-    with open(path, "rb") as f:
-        return f.read()
+    return path.read_bytes()
 
 
-BROKEN = {
-    "truncated": lambda: jpeg_bytes((200, 150))[:700],
-    "empty": lambda: b"",
-    "text": lambda: b"id,breed\nnot an image\n",
+BROKEN = {  # each given a folder of the test's own (tmp_path)
+    "truncated": lambda folder: jpeg_bytes(folder, (200, 150))[:700],
+    "empty": lambda folder: b"",
+    "text": lambda folder: b"id,breed\nnot an image\n",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BROKEN))
 def test_inspect_names_broken_files(tmp_path, kind):
     path = tmp_path / "x.jpg"
-    path.write_bytes(BROKEN[kind]())
+    path.write_bytes(BROKEN[kind](tmp_path))
     problem = inspect_images([str(path)])["problem"].iloc[0]
     assert problem, kind
     assert {"truncated": "unreadable", "empty": "empty file", "text": "not an image"}[kind] in problem
@@ -153,7 +153,7 @@ def test_submit_stops_on_an_unreadable_test_image_before_writing(tiny_run, compe
     data = tmp_path / "copy"
     shutil.copytree(competition, data)
     bad_id = pd.read_csv(data / "sample_submission.csv")["id"].iloc[2]
-    (data / "test" / f"{bad_id}.jpg").write_bytes(BROKEN["truncated"]())
+    (data / "test" / f"{bad_id}.jpg").write_bytes(BROKEN["truncated"](tmp_path))
     out = tmp_path / "sub.csv"
     one_error_line(dogbreeds("submit", "--run", tiny_run, "--data", data, "--out", out), bad_id, "test.zip")
     assert not out.exists() and not list(tmp_path.glob(".sub*"))
@@ -266,8 +266,9 @@ def test_killed_training_resumes_from_its_last_epoch(competition, tmp_path, sig)
         assert not list(run.glob(".*tmp*"))  # an orderly stop finishes or removes its writes
     # SIGKILL may cut a temporary file short, but renames never half-happen: the files resume reads are whole.
     best_before = before["val_loss"].head(done).min()
-    assert keras.models.load_model(run / "model.keras")  # the best model so far is intact
-    assert keras.models.load_model(run / "last.keras")  # and so is the model to resume from
+    predicting_model(run / "model.keras")  # the best model so far is intact: it loads and predicts
+    last = predicting_model(run / "last.keras")  # and so is the model to resume from,
+    assert int(last.optimizer.iterations) > 0  # with its optimizer's state
 
     result = dogbreeds("train", "--resume", run)
     assert result.returncode == 0, result.stderr
