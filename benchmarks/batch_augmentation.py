@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dogbreeds.config import BatchAugmentation
-from dogbreeds.pipeline import batch_augmenter
+from dogbreeds.augmentation import batch_augmenter
+from dogbreeds.settings import BatchAugmentation
 
 
 def rate(function, images, labels, batch: int) -> float:

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from dogbreeds.calibration import EPSILON, clip
+from dogbreeds.calibration import DEFAULT_FLOOR
 from dogbreeds.images import inspect_images
+from dogbreeds.metrics import clip
 from dogbreeds.pipeline import decode
 from dogbreeds.prediction import image_paths
 
@@ -76,7 +77,7 @@ def main() -> None:
             probabilities = served(target, format, images)
             agree = np.mean(probabilities.argmax(1) == expected.argmax(1))
             gap = np.abs(probabilities - expected).max()
-            clipped = np.abs(clip(probabilities, EPSILON) - expected).max()  # predict clips at 1e-6 and renormalises
+            clipped = np.abs(clip(probabilities, DEFAULT_FLOOR) - expected).max()  # as predict clips and renormalises
             figures = f"{agree:.1%} | {gap:.2e} | {clipped:.2e} | {seconds:.0f} s"
             print(f"| {run.name} | {format} | {len(photos)} | {figures} |")
 

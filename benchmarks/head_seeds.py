@@ -28,7 +28,7 @@ rows = []
 for seed in args.seeds:
     config = TrainConfig(method="features", head=args.head, seed=seed)
     started = time.perf_counter()
-    model, history = HEADS[args.head](config, x, y, x_val, y_val, int(n_classes))
+    model, history = HEADS[args.head](config.head_settings, x, y, x_val, y_val, int(n_classes))
     seconds = time.perf_counter() - started
     found = scores(model.predict(x_val, batch_size=1024, verbose=0), y_val)
     rows.append({"seed": seed, **found, "epochs": len(history), "seconds": round(seconds, 2)})

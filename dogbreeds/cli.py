@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import re
@@ -265,8 +266,6 @@ def bench(
     **options,
 ):
     """Images/s of the legacy and default loaders, decoding, the forward pass and submit, side by side."""
-    import json
-
     from dogbreeds.bench import bench as run_bench
 
     o = PredictOptions(**options)

@@ -213,14 +213,14 @@ def labels_digest(competition: "Competition") -> str:
 class Data:
     """The labelled images a run uses, checked once: every image it may train on or hold out
     (`images`, readable, in labels.csv's order, with their EXIF orientation) and those left out
-    as unreadable (`skipped`: id, path, problem). `held_out(fold)` cuts them by the run's split."""
+    as unreadable (`skipped`: id, path, problem). `partition(fold)` cuts them by the run's split."""
 
     competition: Competition
     split: Split
     images: pd.DataFrame
     skipped: pd.DataFrame
 
-    def held_out(self, fold: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def partition(self, fold: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(training, held-out) images: of fold `fold` (default: the split's) of a k-fold run, or
         the --val-split. The cut is made on the --limit subset before unreadable images are left
         out, so a fixed or broken file never moves another image to the other side."""
@@ -229,21 +229,13 @@ class Data:
             train, val = fold_split(labels, folds=s.folds, fold=fold or s.fold or 1, seed=s.seed, limit=s.limit)
         else:
             train, val = split_frame(labels, val_split=s.val_split, seed=s.seed, limit=s.limit)
-        readable = self.images.set_index("id")["orientation"]
-        return tuple(
-            frame[frame["id"].isin(readable.index)].assign(orientation=lambda f: f["id"].map(readable)).reset_index(
-                drop=True
-            )
-            for frame in (train, val)
-        )
+        orientation = self.images.set_index("id")["orientation"]
 
-    @property
-    def train(self) -> pd.DataFrame:
-        return self.held_out()[0]
+        def readable(frame: pd.DataFrame) -> pd.DataFrame:
+            kept = frame[frame["id"].isin(orientation.index)]
+            return kept.assign(orientation=kept["id"].map(orientation).to_numpy()).reset_index(drop=True)
 
-    @property
-    def val(self) -> pd.DataFrame:
-        return self.held_out()[1]
+        return readable(train), readable(val)
 
 
 def prepare_data(data: str | Path | None, split: Split) -> Data:

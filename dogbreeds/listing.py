@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
+
 from dogbreeds.places import runs_dir
 from dogbreeds.runs import Run
 
 COLUMNS = ["run", "backbone", "method", "size", "date", "val log loss", "val accuracy", "calibrated log loss"]
-RIGHT_ALIGNED = {"size", "val log loss", "val accuracy", "calibrated log loss"}
 
 
 def _read_json(path: Path) -> dict:
@@ -84,14 +85,7 @@ class RunList:
         """The table `dogbreeds runs` prints, or how to make a first run."""
         if not self.rows:
             return f"no runs in {self.folder}/: train one with `dogbreeds train`"
-        table = [COLUMNS, *(row.cells() for row in self.rows)]
-        widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-        return "\n".join(
-            "  ".join(
-                v.rjust(w) if column in RIGHT_ALIGNED else v.ljust(w) for column, v, w in zip(COLUMNS, r, widths)
-            ).rstrip()
-            for r in table
-        )
+        return pd.DataFrame([row.cells() for row in self.rows], columns=COLUMNS).to_string(index=False)
 
 
 def list_runs(folder: Path | None = None) -> RunList:

@@ -118,7 +118,7 @@ def _fit_competition(
     budget: Budget | None = None,
 ) -> None:
     classes = len(data.competition.classes)
-    train, val = data.held_out(config.fold)
+    train, val = data.partition(config.fold)
     loader = make_loader(config.loading, replicas, classes)
     phases = competition_phases(model, config, replicas, math.ceil(len(train) / loader.batch_size))
     train_data, val_data = loader.training(train), loader.evaluation(val)
@@ -133,7 +133,7 @@ def _finish(
     """The best model's held-out predictions, as submit makes them (--tta), and the figures they
     give; metrics.json and the plot."""
     replicas = strategy.num_replicas_in_sync
-    train, val = data.held_out(config.fold)
+    train, val = data.partition(config.fold)
     best, loader = run.load_model(), make_loader(config.loading, replicas)
     held_out = predict(best, loader, val, tta=config.tta, desc="validation images")
     run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, held_out)
@@ -201,7 +201,7 @@ def _train_one(
     run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone)
     _save_skipped(run, data)
     _save_fold(run, config, data)
-    train, val = data.held_out(config.fold)
+    train, val = data.partition(config.fold)
     log.info(
         f"training {config.backbone} at {config.image_size}px on {len(train)} images "
         f"({len(val)} held out, {len(data.competition.classes)} classes, {precision}, "
@@ -238,7 +238,7 @@ def train_features(
     A fold of a k-fold run is handed its `inputs`, cut from one extraction of every image.
     """
     data = data or prepare_data(config.data, config.split)
-    train, val = data.held_out(config.fold)
+    train, val = data.partition(config.fold)
     features = config.features
     cache = FeatureCache(features.cache_dir, features.batch_size)
     started = time.perf_counter()
@@ -361,7 +361,7 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
         if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
             _resume_one(fold_run, budget, data)
         else:
-            train, val = data.held_out(i)
+            train, val = data.partition(i)
             inputs = vectors.head_inputs(train["id"], val["id"]) if vectors else None
             _train_one(fold_config, fold_run.path, data, inputs, budget)
     result = _finish_folds(root, config, _fold_identity(config, data), images)

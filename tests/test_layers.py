@@ -22,7 +22,8 @@ LAYERS = [
     {"errors", "metrics", "images", "synthetic"},
     {"files", "options", "calibration", "places"},
     {"settings"},
-    {"config", "competition", "runs", "models", "distribute", "pipeline"},
+    {"config", "competition", "runs", "models", "distribute", "augmentation"},
+    {"pipeline"},
     {"report", "cache"},
     {"heads", "inference", "loop"},  # below the jobs: they take small settings, never the whole config
     {"training", "submission", "scoring"},  # the jobs: a run, a submission, a score

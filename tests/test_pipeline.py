@@ -4,15 +4,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
+from dogbreeds.augmentation import affine_transforms, random_affine, warp
 from dogbreeds.images import inspect_images
-from dogbreeds.pipeline import (
-    LegacyLoader,
-    TFDataLoader,
-    affine_transforms,
-    decode,
-    random_affine,
-    warp,
-)
+from dogbreeds.pipeline import LegacyLoader, TFDataLoader, decode
 from dogbreeds.settings import Augmentation
 
 

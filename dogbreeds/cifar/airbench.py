@@ -18,7 +18,8 @@ import pandas as pd
 import tensorflow as tf
 from keras import layers
 
-from dogbreeds.pipeline import TFDataLoader, prefetched, warp
+from dogbreeds.augmentation import warp
+from dogbreeds.pipeline import TFDataLoader, prefetched
 
 # -- the network ------------------------------------------------------------------------
 

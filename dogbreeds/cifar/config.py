@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from dogbreeds import __version__
 from dogbreeds.config import RUN_FORMAT
+from dogbreeds.errors import DogbreedsError
 from dogbreeds.options import check_options, option, require
 from dogbreeds.settings import PRECISIONS
 
@@ -21,7 +22,8 @@ def model_names(value: str) -> list[str]:
         return list(MODELS)
     names = [ALIASES.get(v.strip(), v.strip()) for v in value.split(",")]
     unknown = [n for n in names if n not in MODELS]
-    require([(not unknown, f"--model {unknown[0]!r} is not one of {', '.join(MODELS)}, all" if unknown else "")])
+    if unknown:
+        raise DogbreedsError(f"--model {unknown[0]!r} is not one of {', '.join(MODELS)}, all")
     return names
 
 
