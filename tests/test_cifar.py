@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from dogbreeds.cifar import data as cifar
+from dogbreeds.cifar.config import CifarConfig, model_names
 from dogbreeds.errors import DogbreedsError
 
 from helpers import dogbreeds
@@ -186,3 +188,9 @@ def test_the_perceptron_learns_the_colours(image_folders, tmp_path):
     metrics = pd.read_json(tmp_path / "mlp" / "metrics.json", typ="series")
     assert metrics["test_accuracy"] >= 0.9  # chance is 0.25
     assert metrics["test_log_loss"] < np.log(4)
+
+
+def test_cnn_is_still_airbench():
+    assert model_names("cnn") == ["airbench"] and CifarConfig(model="cnn").model == "airbench"
+    assert model_names("all") == ["mlp", "seed-cnn", "resnet9", "airbench", "transfer"]
+    assert json.loads(CifarConfig(model="cnn").to_json())["model"] == "airbench"  # what its run folder records

@@ -7,6 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dogbreeds.metrics import scores
+
 from helpers import dogbreeds, train_tiny
 
 
@@ -31,6 +33,41 @@ def test_train_writes_a_complete_run_folder(trained):
     assert metrics["val_log_loss"] < math.log(3)  # it learned something
     assert f"validation log loss {metrics['val_log_loss']:.4f}" in result.stdout
     assert (run / "history.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_validation_figures_are_the_saved_held_out_predictions_scored(trained, competition):
+    run, _ = trained
+    held_out = pd.read_csv(run / "val_predictions.csv", dtype={"id": str})
+    labels = pd.read_csv(competition / "labels.csv", dtype=str).set_index("id")["breed"]
+    truth = labels.loc[held_out["id"]].map(list(held_out.columns[1:]).index).to_numpy()
+    metrics = json.loads((run / "metrics.json").read_text())
+    found = scores(held_out.iloc[:, 1:].to_numpy(), truth)
+    assert metrics["val_log_loss"] == pytest.approx(found["log_loss"], abs=1e-6)
+    assert metrics["val_images"] == len(held_out)
+
+
+def test_the_image_size_defaults_to_the_backbones(competition, tmp_path):
+    run = tmp_path / "run"
+    result = dogbreeds("train", "--data", competition, "--backbone", "tiny_cnn", "--weights", "none", "--epochs", 1,
+                       "--fine-tune-epochs", 0, "--batch-size", 16, "--run-dir", run)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "config.json").read_text())["image_size"] == 64  # tiny_cnn's, as `backbones` says
+    listed = {line.split()[0]: line.split() for line in dogbreeds("backbones").stdout.splitlines()[1:]}
+    assert listed["tiny_cnn"][3] == "64px" and listed["inception_resnet_v2"][2:4] == ["299px", "331px"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["submit", "--batch-size", 0], "--batch-size must be at least 1, got 0"),
+        (["evaluate", "--batch-size", 0], "--batch-size must be at least 1, got 0"),
+        (["blend", "a", "b", "--batch-size", 0], "--batch-size must be at least 1, got 0"),
+        (["predict", "x.jpg", "--top", 0], "--top must be at least 1, got 0"),
+    ],
+)
+def test_the_prediction_options_are_checked_alike_in_every_command(args, message, tmp_path):
+    result = dogbreeds(*args, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == f"error: {message}"
 
 
 def test_submit_matches_sample_submission_exactly(trained, competition, tmp_path):

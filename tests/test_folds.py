@@ -15,7 +15,8 @@ import pytest
 
 from dogbreeds.blending import blended, fit_weights
 from dogbreeds.competition import Competition, fold_split
-from dogbreeds.metrics import log_loss
+from dogbreeds.metrics import clip, log_loss
+from dogbreeds.synthetic import make_competition
 
 from helpers import TINY, dogbreeds
 
@@ -82,9 +83,27 @@ def test_submit_averages_the_folds_and_evaluate_uses_every_labelled_image(folds_
 
     result = dogbreeds("evaluate", "--run", run)
     assert result.returncode == 0, result.stderr
-    assert json.loads((run / "evaluation.json").read_text())["images"] == 48
+    with_tta = json.loads((run / "evaluation.json").read_text())
+    assert with_tta["images"] == 48 and with_tta["tta"]
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    truth = pd.read_csv(competition / "labels.csv", dtype=str)["breed"].map(list(oof.columns[1:]).index)
+    assert with_tta["log_loss"] == pytest.approx(log_loss(clip(oof.iloc[:, 1:].to_numpy(), 1e-6), truth), rel=1e-6)
     listing = dogbreeds("runs", "--dir", run.parent)
     assert "features, 3 folds" in listing.stdout
+
+    # Without TTA each fold predicts the images it held out again: other figures, the same images.
+    result = dogbreeds("evaluate", "--run", run, "--no-tta")
+    assert result.returncode == 0, result.stderr
+    without = json.loads((run / "evaluation.json").read_text())
+    assert without["images"] == 48 and not without["tta"] and without["log_loss"] != with_tta["log_loss"]
+
+
+def test_evaluate_refuses_data_that_does_not_label_the_held_out_images(folds_run, competition, tmp_path):
+    _, run, _ = folds_run
+    other = make_competition(tmp_path / "other", n_classes=3, train_per_class=16, n_test=3, image_size=48, seed=9)
+    result = dogbreeds("evaluate", "--run", run, "--data", other)
+    assert result.returncode == 2 and "does not label" in result.stderr and "--data it was trained on" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_folds_trained_apart_merge_and_a_fold_of_another_split_is_refused(competition, folds_run):
