@@ -99,13 +99,11 @@ def warp(
     transforms: tf.Tensor,
     sizes: tf.Tensor | None = None,
     size: int | None = None,
-    reflect: bool = False,
 ):
     """Bilinear resampling of each image by its affine map, to (size, size) float32.
 
     `sizes` are the images' true (height, width) inside their padding (default: all of it);
-    coordinates outside are clamped, so outside pixels repeat the nearest edge, or with `reflect`
-    mirror the pixels inside it (as a reflect-padded crop, up to one image size out). Written as four
+    coordinates outside are clamped, so outside pixels repeat the nearest edge. Written as four
     gathers and compiled with XLA: on a CPU several times faster than TensorFlow's
     ImageProjectiveTransform kernel (which resamples each channel apart), and it resizes too.
     """
@@ -119,8 +117,6 @@ def warp(
     last_y, last_x = sizes[:, 0, None, None] - 1, sizes[:, 1, None, None] - 1
     edge_x, edge_y = tf.cast(last_x, tf.float32), tf.cast(last_y, tf.float32)
     sx, sy = t[:, 0] * xs + t[:, 1] * ys + t[:, 2], t[:, 3] * xs + t[:, 4] * ys + t[:, 5]
-    if reflect:
-        sx, sy = edge_x - tf.abs(edge_x - tf.abs(sx)), edge_y - tf.abs(edge_y - tf.abs(sy))
     sx, sy = tf.clip_by_value(sx, 0.0, edge_x), tf.clip_by_value(sy, 0.0, edge_y)
     x0, y0 = tf.floor(sx), tf.floor(sy)
     fx, fy = (sx - x0)[..., None], (sy - y0)[..., None]

@@ -18,7 +18,6 @@ import pandas as pd
 import tensorflow as tf
 from keras import layers
 
-from dogbreeds.augmentation import warp
 from dogbreeds.pipeline import TFDataLoader, prefetched
 
 # -- the network ------------------------------------------------------------------------
@@ -186,17 +185,19 @@ def optimizer(rate: float, steps_per_epoch: int, epochs: int) -> keras.optimizer
 
 def flip_and_translate(images: tf.Tensor, seed: tf.Tensor, mirrored: tf.Tensor, pixels: int) -> tf.Tensor:
     """Each image mirrored where `mirrored` says, and moved by whole pixels, up to `pixels` each
-    way, uniformly: a crop of the reflect-padded image, so there is no resampling blur. One warp
-    (the engine's) does both, float32 out."""
+    way, uniformly: a crop of the reflect-padded image, so there is no resampling blur. Two
+    gathers of the padded batch; the offsets are drawn as the engine's warp draws its shifts."""
     shape = tf.shape(images)
-    width = tf.cast(shape[2], tf.float32)
+    height, width = shape[1], shape[2]
     u = tf.random.stateless_uniform((shape[0], 5), seed=seed, minval=-1.0, maxval=1.0)
-    shift_x, shift_y = (tf.floor((u[:, i] + 1.0) / 2.0 * (2.0 * pixels + 1.0)) - pixels for i in (2, 3))
-    mirror = tf.where(mirrored, -1.0, 1.0)
-    centre = (width - 1.0) / 2.0
-    zero, one = tf.zeros_like(mirror), tf.ones_like(mirror)
-    transforms = tf.stack([mirror, zero, centre - mirror * centre + shift_x, zero, one, shift_y], axis=1)
-    return warp(images, transforms, reflect=True)
+    shift_x, shift_y = (
+        tf.cast(tf.floor((u[:, i] + 1.0) / 2.0 * (2.0 * pixels + 1.0)), tf.int32) for i in (2, 3)
+    )  # 0 .. 2 x pixels: the top-left corner of the crop in the padded image
+    padded = tf.pad(images, [[0, 0], [pixels, pixels], [pixels, pixels], [0, 0]], mode="REFLECT")
+    x, y = tf.range(width), tf.range(height)
+    columns = tf.where(mirrored[:, None], width - 1 - x[None], x[None]) + shift_x[:, None]
+    rows = y[None] + shift_y[:, None]
+    return tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), columns, axis=2, batch_dims=1)
 
 
 @dataclass
