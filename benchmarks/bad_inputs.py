@@ -160,6 +160,27 @@ def main() -> None:
     code, shown = run("submit", "--run", old, "--data", pristine, "--out", base / "o.csv")
     rows.append(("submit: run made by an older version", shown, code))
 
+    # Issue 26: --force replaces only what the same command wrote; a run folder is no one's --out.
+    foreign = base / "foreign.csv"
+    foreign.write_text("not a submission")
+    code, shown = run("submit", "--run", model_run, "--data", pristine, "--out", foreign, "--force")
+    rows.append(("submit: --out another file, --force", shown, code))
+    code, shown = run("submit", "--run", model_run, "--data", pristine, "--out", model_run / "config.json", "--force")
+    rows.append(("submit: --out the run's config.json, --force", shown, code))
+    code, shown = run("submit", "--run", model_run, "--data", pristine, "--out", base, "--force")
+    rows.append(("submit: --out a folder", shown, code))
+    code, shown = run("export", "--run", model_run, "--format", "keras", "--out", model_run, "--force")
+    rows.append(("export: --out the run folder, --force", shown, code))
+    code, shown = run("blend", model_run, model_run, "--data", pristine, "--out", base / "b.json")
+    rows.append(("blend: --out a .json file", shown, code))
+    (base / "mine.json").write_text("precious")
+    code, shown = run("blend", model_run, model_run, "--data", pristine, "--out", base / "mine.csv")
+    rows.append(("blend: its record's .json exists", shown, code))
+    code, shown = run("train", "--data", pristine, *TINY, "--seed", "7", "--run-dir", no_model)
+    rows.append(("train: --run-dir holding a run with other settings", shown, code))
+    code, shown = run("train", "--data", pristine, *TINY, "--run-dir", existing / "run")
+    rows.append(("train: --run-dir under a file", shown, code))
+
     print("| case | what the user sees | exit |\n| --- | --- | --- |")
     for case, shown, code in rows:
         shown = shown.replace(str(base), "$TMP").replace("|", "\\|")

@@ -24,12 +24,14 @@ from scipy.optimize import minimize
 from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, cross_validated, fit_calibration
 from dogbreeds.competition import Competition, readable_test_images
 from dogbreeds.errors import DogbreedsError, log
-from dogbreeds.files import claim_output, probability_table, write_atomic
+from dogbreeds.files import claim_output, probability_table, starts_with, write_atomic
 from dogbreeds.inference import Predictor
 from dogbreeds.metrics import accuracy, clip, log_loss
 from dogbreeds.places import kaggle_submission, submissions_dir
 from dogbreeds.runs import Run
-from dogbreeds.submission import check_submission, write_csv
+from dogbreeds.submission import SUBMISSION, SUBMISSION_HEADER, check_submission, write_csv
+
+RECORD_START = b'{\n  "runs":'  # what json.dumps(record, indent=2) begins with
 
 
 def blended(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
@@ -114,7 +116,7 @@ def _test_predictions(predictor: Predictor, competition: Competition, images: pd
             return saved[competition.classes].to_numpy(dtype=np.float64)
     log.info(f"predicting the test images with {run.path} (saved in {Run.test_predictions_file} for next time)")
     raw = predictor.predict(images, tta=True, desc=f"test images, {run.name}")
-    run.save_predictions(Run.test_predictions_file, competition.test_ids, competition.classes, raw)
+    run.keep_predictions(Run.test_predictions_file, competition.test_ids, competition.classes, raw)
     return raw
 
 
@@ -141,8 +143,11 @@ def blend(
     _same_images(opened, tables)
     competition = predictors[0].competition(data, need_test=True)
     also = kaggle_submission() if out is None else None  # a kernel submits /kaggle/working/submission.csv
-    default = submissions_dir() / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
-    out = claim_output(Path(out) if out is not None else default, force=force)
+    out = Path(out) if out is not None else submissions_dir() / f"blend-{datetime.now():%Y%m%d-%H%M%S}.csv"
+    if out.suffix.lower() == ".json":
+        raise DogbreedsError(f"--out {out}: the blend's record is written beside the submission as .json; give a .csv")
+    claim_output(out, force=force, ours=starts_with(SUBMISSION_HEADER), what=SUBMISSION)
+    claim_output(out.with_suffix(".json"), force=force, ours=starts_with(RECORD_START), what="a blend's record")
 
     classes = competition.classes
     label_of = dict(zip(competition.labels["id"], competition.labels["label"]))

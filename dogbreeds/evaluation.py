@@ -209,7 +209,8 @@ def evaluate(
     opened = predictor.run
     config = TrainConfig.load(opened.file(Run.config_file))
     competition = predictor.competition(data)
-    held_out = predictor.held_out(competition, tta=tta)
+    with opened.lock():  # refused at once while another command writes the run
+        held_out = predictor.held_out(competition, tta=tta)
     images = competition.labels.set_index("id").loc[held_out["id"]].reset_index()
     classes = competition.classes
     raw = held_out[classes].to_numpy(dtype=np.float64)
@@ -242,6 +243,11 @@ def evaluate(
 
 def write_evaluation(result: Evaluation) -> Evaluation:
     """Its pictures, tables and calibration into the run folder; `result.files` names them."""
+    with result.run.lock():
+        return _write(result)
+
+
+def _write(result: Evaluation) -> Evaluation:
     run, classes, calibration, summary = result.run, result.classes, result.calibration, result.summary
     labels = result.images["label"].to_numpy()
     before, after = clip(result.raw, DEFAULT_FLOOR), calibration.apply(result.raw)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +27,13 @@ from keras import layers
 
 from dogbreeds.cache import backbone_specs, pooled_backbone
 from dogbreeds.errors import DogbreedsError
+from dogbreeds.files import claim_output
 from dogbreeds.inference import Predictor
 from dogbreeds.models import get_backbone
 
 FORMATS = ("savedmodel", "tflite", "keras")
+RECORD = "export.json"  # what an export holds, and the mark by which --force knows it wrote the folder
+EXPORT = "an earlier export (a folder holding export.json)"
 SIGNATURE = "serving_default"  # what TensorFlow Serving and saved_model_cli call
 INPUT, OUTPUT = "images", "probabilities"
 
@@ -148,15 +152,18 @@ def export(run: str | Path | None, format: str, out: str | Path | None = None, *
         raise DogbreedsError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     predictor = Predictor.open(run, calibration=False)
     target = Path(out) if out is not None else predictor.run.path / f"export-{format}"
-    if target.exists() and not force:
-        raise DogbreedsError(f"{target} already exists; pass --force to replace it, or another --out")
+    claim_output(target, force=force, ours=lambda path: (path / RECORD).is_file(), what=EXPORT, folder=True)
     model = serving_model(predictor)
     folder = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    record = {"run": str(predictor.run.path), "format": format, "image_size": model.input_shape[1]}
+    inside = predictor.run.path.resolve() in target.resolve().parents  # the default: RUN/export-FORMAT
     try:
-        folder.mkdir(parents=True)
-        WRITERS[format](model, folder)
-        (folder / "classes.json").write_text(json.dumps(predictor.classes, indent=1))
-        _replace(folder, target)
+        with predictor.run.lock() if inside else nullcontext():
+            folder.mkdir(parents=True)
+            WRITERS[format](model, folder)
+            (folder / "classes.json").write_text(json.dumps(predictor.classes, indent=1))
+            (folder / RECORD).write_text(json.dumps(record, indent=1))
+            _replace(folder, target)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -42,11 +43,34 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
 
 
-def claim_output(path: Path, *, force: bool) -> Path:
-    """`--out`: a path that may be written, or the one-line refusal to overwrite it."""
+def claim_output(path: Path, *, force: bool, ours: Callable[[Path], bool], what: str, folder: bool = False) -> Path:
+    """`--out`: a path that may be written, or the one-line refusal. `--force` replaces only what
+    the same command wrote before (`ours(path)` says whether it did: `what`), never a run folder
+    or anything else."""
+    wanted = "folder" if folder else "file"
+    if path.exists() and path.is_dir() != folder:
+        raise DogbreedsError(f"--out {path} is a {'folder' if path.is_dir() else 'file'}; pass a {wanted} path")
     if path.exists() and not force:
-        raise DogbreedsError(f"{path} exists; pass --force to overwrite it or --out another file")
+        raise DogbreedsError(f"{path} exists; pass --force to overwrite it or --out another {wanted}")
+    if path.exists() and not ours(path):
+        raise DogbreedsError(f"{path} is not {what}: --force replaces only that; pass --out another path")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise DogbreedsError(f"--out {path}: {above} is a file, not a folder; pass --out another path")
     return path
+
+
+def starts_with(prefix: bytes) -> Callable[[Path], bool]:
+    """Whether a file's first bytes are `prefix`: how a command knows a file it wrote before."""
+
+    def check(path: Path) -> bool:
+        try:
+            with open(path, "rb") as f:
+                return path.is_file() and f.read(len(prefix)) == prefix
+        except OSError:
+            return False
+
+    return check
 
 
 def probability_table(ids, classes: list[str], probabilities) -> pd.DataFrame:

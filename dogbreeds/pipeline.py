@@ -194,10 +194,12 @@ class TFDataLoader(Loader):
         return ds
 
     def _cache_file(self, frame: pd.DataFrame) -> Path:
-        """One file per set of images and size, so runs on the same split share it; a partial one is dropped."""
+        """One file per set of images and size, so runs on the same split share it; a partial one is
+        dropped. Each image's size and modification time are in the key: a changed file is decoded anew."""
         key = hashlib.sha1(f"{DECODING_FORMAT} {self.image_size}\n".encode())
         for path, orientation in zip(frame["path"], frame.get("orientation", [1] * len(frame))):
-            key.update(f"{os.path.abspath(path)}:{orientation}\n".encode())
+            stat = os.stat(path)
+            key.update(f"{os.path.abspath(path)}:{orientation}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
         folder = image_cache()
         folder.mkdir(parents=True, exist_ok=True)
         prefix = folder / f"images-{self.image_size}px-{len(frame)}-{key.hexdigest()[:16]}"

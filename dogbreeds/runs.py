@@ -10,11 +10,12 @@ of the labelled images it did not train on.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.files import probability_table, table_csv, temporary_sibling, write_atomic
 from dogbreeds.places import runs_dir
 
@@ -42,6 +43,7 @@ class Run:
     test_predictions_file = "test_predictions.csv"  # raw test probabilities from `submit`, flip TTA on
     oof_file = "oof.csv"  # a k-fold run: every labelled image, predicted by the fold that held it out
     fold_file = "fold.json"  # a fold's place: folds, fold, seed and labels it was split from
+    lock_file = "dogbreeds.lock"  # held by the command writing the run (train, --resume, evaluate, export)
 
     @property
     def name(self) -> str:
@@ -92,8 +94,17 @@ class Run:
         if run_dir is None:
             run_dir = runs_dir() / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
         run = cls(Path(run_dir))
+        above = next((p for p in [run.path, *run.path.parents] if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise DogbreedsError(f"--run-dir {run.path}: {above} is a file, not a folder; choose another --run-dir")
         if run.file(cls.model_file).exists():
             raise DogbreedsError(f"{run.path} already holds a trained model; choose another --run-dir")
+        recorded = run.file(cls.config_file)
+        if recorded.is_file() and recorded.read_text() != config_json:  # the same command again may go on
+            raise DogbreedsError(
+                f"{run.path} holds another run (its config.json has other settings); choose another --run-dir, "
+                f"or continue that run with `dogbreeds train --resume {run.path}`"
+            )
         run.path.mkdir(parents=True, exist_ok=True)
         write_atomic(run.file(cls.config_file), config_json)
         write_atomic(run.file(cls.classes_file), json.dumps(classes, indent=1))
@@ -148,6 +159,28 @@ class Run:
                 "train the run again"
             ) from None
 
+    @contextmanager
+    def lock(self):
+        """This command's hold on the run folder, so that no other command writes it at the same
+        time: a second one is refused in one line. The operating system drops the lock of a
+        process that ends in any way (a kill too), so none is left stuck."""
+        import fcntl  # POSIX: Linux (Kaggle, Colab) and macOS
+
+        try:
+            handle = open(self.file(self.lock_file), "a")
+        except OSError as error:
+            raise DogbreedsError(
+                f"run {self.path} cannot be written here ({error.strerror}); copy it to a writable folder first"
+            ) from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise DogbreedsError(
+                    f"run {self.path} is in use by another dogbreeds command; wait for it to end, or use another run"
+                ) from None
+            yield self
+
     def calibration(self):
         """The calibration `dogbreeds evaluate` fitted, or None before it ran."""
         from dogbreeds.calibration import Calibration
@@ -169,6 +202,14 @@ class Run:
     def save_predictions(self, name: str, ids, classes: list[str], probabilities) -> Path:
         """Probabilities as a table with the sample_submission header: id, then the classes in order."""
         return self.write(name, table_csv(probability_table(ids, classes, probabilities)))
+
+    def keep_predictions(self, name: str, ids, classes: list[str], probabilities) -> None:
+        """`save_predictions` for what is only kept to save work later (`test_predictions.csv`): a run
+        that cannot be written (attached read-only, as a Kaggle dataset) goes on without it, said."""
+        try:
+            self.save_predictions(name, ids, classes, probabilities)
+        except OSError as error:
+            log.warning(f"{self.path} cannot be written ({error.strerror}): {name} not kept, so blend predicts again")
 
     def predictions(self, name: str):
         """A table saved by `save_predictions`, its columns checked against the run's classes."""

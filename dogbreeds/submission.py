@@ -18,10 +18,13 @@ from dogbreeds.calibration import Calibration
 from dogbreeds.competition import readable_test_images
 from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.files import claim_output, probability_table, table_csv, write_atomic
+from dogbreeds.files import claim_output, probability_table, starts_with, table_csv, write_atomic
 from dogbreeds.inference import Predictor
 from dogbreeds.places import kaggle_submission, submissions_dir
 from dogbreeds.runs import Run
+
+SUBMISSION_HEADER = b"id,"
+SUBMISSION = "a submission (a CSV whose header starts with id,)"
 
 
 def check_submission(frame: pd.DataFrame, ids: list[str], classes: list[str]) -> None:
@@ -84,11 +87,12 @@ def submit(
     competition = predictor.competition(data, need_test=True)
     classes = competition.classes
     also = kaggle_submission() if out is None else None  # a kernel submits /kaggle/working/submission.csv
-    out = claim_output(Path(out) if out is not None else submissions_dir() / f"{predictor.run.name}.csv", force=force)
+    out = Path(out) if out is not None else submissions_dir() / f"{predictor.run.name}.csv"
+    claim_output(out, force=force, ours=starts_with(SUBMISSION_HEADER), what=SUBMISSION)
     images = readable_test_images(competition)
     raw = predictor.predict(images, tta=tta, desc="test images", strategy=distribution)
     if tta:  # kept for `dogbreeds blend`, which then never runs the network again
-        predictor.run.save_predictions(Run.test_predictions_file, competition.test_ids, classes, raw)
+        predictor.run.keep_predictions(Run.test_predictions_file, competition.test_ids, classes, raw)
     calibrated = predictor.calibrated(raw, calibrate=calibrate, tta=tta)
     probabilities = calibrated.probabilities
 

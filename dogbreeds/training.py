@@ -207,7 +207,7 @@ def _train_one(
         f"({len(val)} held out, {len(data.competition.classes)} classes, {precision}, "
         f"{describe(strategy)}) -> {run.path}"
     )
-    with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
+    with user_facing_failures(config.batch_size, _resume_hint(run)), run.lock(), strategy.scope():
         _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync, budget)
         return _finish(run, config, data, precision, strategy, budget)
 
@@ -247,33 +247,34 @@ def train_features(
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone)
-    _save_skipped(run, data)
-    _save_fold(run, config, data)
-    n_classes, y_val = len(data.competition.classes), val["label"].to_numpy()
-    log.info(
-        f"training a {config.head} head on {inputs.x.shape[1]} features x {len(inputs.x)} rows "
-        f"({config.feature_views} views of {len(train)} images; {len(val)} held out) -> {run.path}"
-    )
-    title = f"{run.name}: {config.head} head on cached features"
-    head = fit_head(run, config.head_settings, inputs, y_val, n_classes, title)
-    probabilities = head.model.predict(inputs.x_val, batch_size=1024, verbose=0)
-    run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, probabilities)
-    metrics = {f"val_{k}": v for k, v in scores(probabilities, y_val).items()} | {
-        "uniform_log_loss": math.log(n_classes),
-        "method": "features",
-        "head": config.head,
-        "features": int(inputs.x.shape[1]),
-        "train_images": len(train),
-        "val_images": len(val),
-        "feature_rows": len(inputs.x),
-        "images_extracted": cache.extracted,
-        "extraction_seconds": round(extraction_seconds, 2),
-        "head_seconds": round(head.seconds, 3),
-    }
-    if head.epochs is not None:
-        metrics |= {"best_epoch": head.best_epoch, "epochs": head.epochs}
-    run.save_metrics(metrics)
-    return TrainResult(run, metrics)
+    with run.lock():
+        _save_skipped(run, data)
+        _save_fold(run, config, data)
+        n_classes, y_val = len(data.competition.classes), val["label"].to_numpy()
+        log.info(
+            f"training a {config.head} head on {inputs.x.shape[1]} features x {len(inputs.x)} rows "
+            f"({config.feature_views} views of {len(train)} images; {len(val)} held out) -> {run.path}"
+        )
+        title = f"{run.name}: {config.head} head on cached features"
+        head = fit_head(run, config.head_settings, inputs, y_val, n_classes, title)
+        probabilities = head.model.predict(inputs.x_val, batch_size=1024, verbose=0)
+        run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, probabilities)
+        metrics = {f"val_{k}": v for k, v in scores(probabilities, y_val).items()} | {
+            "uniform_log_loss": math.log(n_classes),
+            "method": "features",
+            "head": config.head,
+            "features": int(inputs.x.shape[1]),
+            "train_images": len(train),
+            "val_images": len(val),
+            "feature_rows": len(inputs.x),
+            "images_extracted": cache.extracted,
+            "extraction_seconds": round(extraction_seconds, 2),
+            "head_seconds": round(head.seconds, 3),
+        }
+        if head.epochs is not None:
+            metrics |= {"best_epoch": head.best_epoch, "epochs": head.epochs}
+        run.save_metrics(metrics)
+        return TrainResult(run, metrics)
 
 
 # -- k folds ----------------------------------------------------------------------------
@@ -344,31 +345,32 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
                 "as its other folds, or another --run-dir"
             )
     root = Run.create(replace(config, fold=None).to_json(), competition.classes, run_dir, name=config.backbone)
-    vectors, started = None, time.perf_counter()
-    if config.method == "features":
-        cache = FeatureCache(config.cache_dir, config.batch_size)
-        vectors = _extracted(labelled_vectors, cache, config.features, images, _readable_tests(data))
-    extraction_seconds = round(time.perf_counter() - started, 2)
-    budget = budget or Budget()  # one budget for all the folds
-    for i in [config.fold] if config.fold else range(1, config.folds + 1):
-        fold_run, fold_config = root.fold(i), replace(config, fold=i)
-        if _fold_finished(fold_run) and not _stopped_early(fold_run):
-            log.info(f"fold {i} of {config.folds} is trained: kept")
-            continue
-        if not budget.allows_another():
-            break
-        log.info(f"fold {i} of {config.folds} -> {fold_run.path}")
-        if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
-            _resume_one(fold_run, budget, data)
-        else:
-            train, val = data.partition(i)
-            inputs = vectors.head_inputs(train["id"], val["id"]) if vectors else None
-            _train_one(fold_config, fold_run.path, data, inputs, budget)
-    result = _finish_folds(root, config, _fold_identity(config, data), images)
-    if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
-        result.metrics["extraction_seconds"] = extraction_seconds
-        root.save_metrics(result.metrics)
-    return result
+    with root.lock():  # the folds' own folders are locked by their own training
+        vectors, started = None, time.perf_counter()
+        if config.method == "features":
+            cache = FeatureCache(config.cache_dir, config.batch_size)
+            vectors = _extracted(labelled_vectors, cache, config.features, images, _readable_tests(data))
+        extraction_seconds = round(time.perf_counter() - started, 2)
+        budget = budget or Budget()  # one budget for all the folds
+        for i in [config.fold] if config.fold else range(1, config.folds + 1):
+            fold_run, fold_config = root.fold(i), replace(config, fold=i)
+            if _fold_finished(fold_run) and not _stopped_early(fold_run):
+                log.info(f"fold {i} of {config.folds} is trained: kept")
+                continue
+            if not budget.allows_another():
+                break
+            log.info(f"fold {i} of {config.folds} -> {fold_run.path}")
+            if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
+                _resume_one(fold_run, budget, data)
+            else:
+                train, val = data.partition(i)
+                inputs = vectors.head_inputs(train["id"], val["id"]) if vectors else None
+                _train_one(fold_config, fold_run.path, data, inputs, budget)
+        result = _finish_folds(root, config, _fold_identity(config, data), images)
+        if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
+            result.metrics["extraction_seconds"] = extraction_seconds
+            root.save_metrics(result.metrics)
+        return result
 
 
 def _seconds(metrics: dict) -> float:
@@ -440,6 +442,6 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
     with strategy.scope():  # the model's variables, and its optimizer's, live on every replica
         model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
-    with user_facing_failures(config.batch_size, _resume_hint(run)), strategy.scope():
+    with user_facing_failures(config.batch_size, _resume_hint(run)), run.lock(), strategy.scope():
         _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync, budget)
         return _finish(run, config, data, precision, strategy, budget)

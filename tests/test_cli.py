@@ -93,13 +93,13 @@ def test_submit_matches_sample_submission_exactly(trained, competition, tmp_path
 def test_submit_refuses_to_overwrite_without_force(trained, competition, tmp_path):
     run, _ = trained
     out = tmp_path / "kept.csv"
-    out.write_text("precious")
+    out.write_text("id,an earlier submission\n")
     result = dogbreeds("submit", "--run", run, "--data", competition, "--out", out, "--no-tta")
     assert result.returncode == 2 and "--force" in result.stderr
-    assert out.read_text() == "precious"
+    assert out.read_text() == "id,an earlier submission\n"
     result = dogbreeds("submit", "--run", run, "--data", competition, "--out", out, "--no-tta", "--force")
     assert result.returncode == 0, result.stderr
-    assert out.read_text().startswith("id,")
+    assert out.read_text().startswith("id,sheltie,beagle,pug\n")
 
 
 def test_submit_defaults_to_newest_run_and_submissions_folder(trained, competition, tmp_path):
