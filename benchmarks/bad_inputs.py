@@ -86,6 +86,9 @@ def main() -> None:
             pd.read_csv(d / "sample_submission.csv").assign(corgi=0.1).to_csv(d / "sample_submission.csv", index=False)
         ),
         "a breed with a single image": lambda d: rename_breed(d, "pug", "akita", count=1, add_column=True),
+        "every image of one breed": lambda d: (
+            pd.read_csv(d / "labels.csv").assign(breed="pug").to_csv(d / "labels.csv", index=False)
+        ),
         "one image missing": lambda d: train_image(d).unlink(),
         "all images missing": lambda d: [p.unlink() for p in (d / "train").iterdir()],
         "truncated JPEG": lambda d: train_image(d).write_bytes(train_image(d).read_bytes()[:300]),
@@ -180,6 +183,17 @@ def main() -> None:
     rows.append(("train: --run-dir holding a run with other settings", shown, code))
     code, shown = run("train", "--data", pristine, *TINY, "--run-dir", existing / "run")
     rows.append(("train: --run-dir under a file", shown, code))
+
+    for option, value in (("--learning-rate", "inf"), ("--rotation", "nan"), ("--seed", "-1"), ("--patience", "-1")):
+        code, shown = run("train", "--data", pristine, *TINY, option, value, "--run-dir", base / "orun")
+        rows.append((f"train: {option} {value}", shown, code))
+    key, submission = base / "key.csv", base / "scored.csv"
+    submission.write_text("id,pug,akita\na,0.9,0.1\n")
+    keys = {"without an id column": "breed\npug\n", "empty": "", "with duplicate ids": "id,breed\na,pug\na,pug\n"}
+    for case, text in keys.items():
+        key.write_text(text)
+        code, shown = run("score", submission, "--solution", key)
+        rows.append((f"score: an answer key {case}", shown, code))
 
     print("| case | what the user sees | exit |\n| --- | --- | --- |")
     for case, shown, code in rows:

@@ -260,6 +260,12 @@ def prepare_data(data: str | Path | None, split: Split) -> Data:
             )
         log.warning(f"skipping {len(skipped)} unreadable training images (first: {listing})")
     images = used.assign(orientation=report["orientation"].to_numpy())[~bad].reset_index(drop=True)
+    if images["breed"].nunique() < 2:
+        raise DogbreedsError(
+            f"{competition.root / 'labels.csv'}: the {len(images)} images this run uses are all of one breed "
+            f"({images['breed'].iloc[0] if len(images) else 'none'}); a classifier needs two at least: add images "
+            "of other breeds, or a larger --limit"
+        )
     return Data(competition, split, images, skipped.reset_index(drop=True))
 
 

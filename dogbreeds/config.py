@@ -110,7 +110,7 @@ class TrainConfig:
     dropout: float = option(0.5, "Dropout before the classifier.", within=(0, 1, "[)"))
     hidden_units: int = option(0, "Width of an extra hidden Dense layer in the head (0: none).", at_least=0)
     val_split: float = option(0.2, "Share of labelled images held out, stratified by breed.", within=(0, 0.5, "()"))
-    seed: int = option(42, "Seed of the split, the shuffling and the augmentation.")
+    seed: int = option(42, "Seed of the split, the shuffling and the augmentation.", at_least=0)
     folds: int = option(
         1,
         "Train one model per stratified fold and predict every labelled image out of fold (1: one --val-split).",
@@ -144,6 +144,7 @@ class TrainConfig:
     patience: int = option(
         3,
         "Epochs without validation improvement before stopping a phase.",
+        at_least=0,
         table="Epochs without validation improvement before a phase stops (the learning rate drops after N-1).",
     )
     max_unreadable: float = option(

@@ -6,6 +6,7 @@ and the option tables of docs/options.md (`option_table`) are all read from it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ class Option:
         """What is wrong with `value`, or None; None values mean "the default" and pass."""
         if value is None:
             return None
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number, got {value}"
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(self.choices)}, got {value!r}"
         if self.at_least is not None and value < self.at_least:

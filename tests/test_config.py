@@ -4,7 +4,7 @@ from dogbreeds.config import TrainConfig
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.models import get_backbone
 from dogbreeds.options import flag_of, from_options, option_fields
-from dogbreeds.settings import Augmentation
+from dogbreeds.settings import Augmentation, BatchAugmentation
 
 
 def test_defaults_are_the_competition_settings():
@@ -45,6 +45,11 @@ def test_invalid_values_are_refused(field, value):
         ({"val_split": 0.5}, "--val-split must be between 0 and 0.5, got 0.5"),
         ({"head": "svm"}, "--head must be one of dense, logreg, got 'svm'"),
         ({"augmentation": Augmentation(zoom=1.5)}, r"--zoom must be in \[0, 1\), got 1.5"),
+        ({"learning_rate": float("inf")}, "--learning-rate must be a finite number, got inf"),
+        ({"augmentation": Augmentation(rotation=float("nan"))}, "--rotation must be a finite number, got nan"),
+        ({"batch_augmentation": BatchAugmentation(mixup=float("nan"))}, "--mixup must be a finite number, got nan"),
+        ({"seed": -1}, "--seed must be 0 or more, got -1"),
+        ({"patience": -1}, "--patience must be 0 or more, got -1"),
     ],
 )
 def test_each_declared_bound_says_which_option_and_what_it_got(changes, message):

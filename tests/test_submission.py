@@ -1,3 +1,5 @@
+import re
+
 import keras
 import numpy as np
 import pandas as pd
@@ -63,3 +65,27 @@ def test_score_clips_a_certain_mistake_as_kaggle_does(tmp_path):
     pd.DataFrame({"id": ["a"], "akita": [0.0], "pug": [1.0]}).to_csv(tmp_path / "s.csv", index=False)
     pd.DataFrame({"id": ["a"], "breed": ["akita"]}).to_csv(tmp_path / "truth.csv", index=False)
     assert score(tmp_path / "s.csv", tmp_path / "truth.csv").log_loss == pytest.approx(-np.log(1e-15), rel=1e-6)
+
+
+SUBMISSION = "id,akita,pug\na,0.5,0.5\nb,0.2,0.8\n"
+
+
+@pytest.mark.parametrize(
+    "submission, solution, message",
+    [
+        (SUBMISSION, "breed\nakita\n", "the header must start with id,breed (found breed)"),
+        (SUBMISSION, "ID,breed\na,akita\n", "the header must start with id,breed (found ID,breed)"),
+        (SUBMISSION, "id,dog\na,akita\n", "the header must start with id,breed (found id,dog)"),
+        (SUBMISSION, "", "is not a readable CSV"),
+        (SUBMISSION, "id,breed\n", "has no rows"),
+        (SUBMISSION, "id,breed\na,akita\na,pug\n", "id a appears more than once"),
+        ("id,akita,pug\na,0.5,lots\nb,0.2,0.8\n", "id,breed\na,akita\n", "'lots' for id a, breed pug is not a number"),
+        ("id,akita,pug\na,0.5,0.5\na,0.2,0.8\n", "id,breed\na,akita\n", "id a appears more than once"),
+        ("name,akita\na,1\n", "id,breed\na,akita\n", "the header must start with id (found name,akita)"),
+    ],
+)
+def test_score_says_what_is_wrong_with_either_file_in_one_line(submission, solution, message, tmp_path):
+    (tmp_path / "s.csv").write_text(submission)
+    (tmp_path / "key.csv").write_text(solution)
+    with pytest.raises(DogbreedsError, match=re.escape(message)):
+        score(tmp_path / "s.csv", tmp_path / "key.csv")

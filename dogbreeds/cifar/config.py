@@ -49,7 +49,7 @@ class CifarConfig:
     learning_rate: float | None = option(None, "Default: the model's recipe.", positive=True)
     limit: int | None = option(None, "Use only N training images (a stratified subset).", at_least=20)
     val_split: float = option(0.1, "Share of the training images held out for validation.", within=(0, 0.5, "()"))
-    seed: int = option(42, "Split, shuffling, augmentation and initial weights.")
+    seed: int = option(42, "Split, shuffling, augmentation and initial weights.", at_least=0)
     precision: str = option(
         "auto", "auto: float32 on a CPU; mixed_bfloat16 is faster on CPUs with AMX (Xeon 4th gen+).",
         choices=PRECISIONS,
