@@ -86,6 +86,21 @@ class SaveProgress(keras.callbacks.Callback):
             self.run.write(Run.progress_file, json.dumps(asdict(self.progress)))
 
 
+class StopOnNaN(keras.callbacks.TerminateOnNaN):
+    """Keras' TerminateOnNaN, which also keeps the epoch, so that the run ends with a line saying so
+    rather than with a model that cannot predict."""
+
+    epoch: int | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        super().on_batch_end(batch, logs)
+        if self.model.stop_training and self.epoch is None:
+            self.epoch = self.current
+
+
 class Budget:
     """`--time-budget`: an epoch that would not end before the deadline, judged by the longest
     epoch so far, is not started; the run then ends as if its epochs were done, resumable."""
@@ -173,7 +188,8 @@ def fit_phases(
             progress.phase, progress.phase_start = phase.name, progress.epoch
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
-        callbacks = [*phase.callbacks, saver, KeepToBudget(budget)]
+        guard = StopOnNaN()
+        callbacks = [guard, *phase.callbacks, saver, KeepToBudget(budget)]
         optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
         saver.averaged = AveragedWeights() if optimizer.use_ema else None
         if saver.averaged:
@@ -194,6 +210,12 @@ def fit_phases(
                 verbose=verbose,
                 shuffle=False,  # the loaders shuffle, reproducibly
                 callbacks=callbacks,
+            )
+        if guard.epoch is not None:
+            raise DogbreedsError(
+                f"the training loss became NaN or infinite in epoch {guard.epoch + 1} ({phase.name}); the best model "
+                f"so far is in {run.path}: lower --learning-rate (or --fine-tune-learning-rate), or train in "
+                "--precision float32"
             )
         if budget.stopped and progress.epoch < end:
             return  # the phase goes on after --resume

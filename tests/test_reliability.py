@@ -302,3 +302,21 @@ def test_weights_of_another_backbone_is_one_line_and_nothing_else(competition, t
     one_error_line(result, "does not fit mobilenet_v2", "without its top")
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no per-layer warnings from Keras
     assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_becomes_nan_ends_the_run_with_a_line(competition, tmp_path):
+    result = dogbreeds("train", "--data", competition, *TINY, "--epochs", 1, "--fine-tune-epochs", 0,
+                       "--learning-rate", 1e30, "--recipe", "classic", "--run-dir", tmp_path / "run")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "the training loss became NaN or infinite in epoch 1 (frozen)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_training_on_a_single_breed_is_refused_in_one_line(tmp_path):
+    data = make_competition(tmp_path / "one", n_classes=2, train_per_class=6, n_test=2, image_size=32)
+    labels = pd.read_csv(data / "labels.csv", dtype=str).assign(breed="sheltie")
+    labels.to_csv(data / "labels.csv", index=False)
+    result = dogbreeds("train", "--data", data, *TINY, "--run-dir", tmp_path / "run")
+    assert result.returncode == 2 and "all of one breed (sheltie)" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and not (tmp_path / "run").exists()
