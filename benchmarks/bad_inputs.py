@@ -100,6 +100,7 @@ def main() -> None:
         "16-bit PNG": lambda d: save(train_image(d), "I;16", "PNG"),
         "EXIF-rotated JPEG": lambda d: exif_rotated(train_image(d)),
         "1x1 px image": lambda d: save(train_image(d), "RGB", "JPEG", size=(1, 1)),
+        "1-bit BMP under .jpg": lambda d: save(train_image(d), "1", "BMP"),
         "20000x20000 px decompression bomb": lambda d: save(train_image(d), "1", "PNG", size=(20000, 20000)),
     }
     rows = []

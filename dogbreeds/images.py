@@ -20,17 +20,28 @@ MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # larger "photos" are decompr
 HEADERS = (b"\xff\xd8", b"\x89PNG", b"GIF8", b"BM", b"RIFF")  # JPEG, PNG, GIF, BMP, WebP
 
 
+TENSORFLOW_BMP_BITS = (8, 24, 32)  # tf.io.decode_image takes a pixel's bytes as its channels: 1, 3 or 4
+
+
+def _bmp_bits(head: bytes) -> int:
+    """Bits per pixel from a BMP's header: after a 12-byte OS/2 header, or the usual 40 bytes and longer."""
+    offset = 24 if int.from_bytes(head[14:18], "little") == 12 else 28
+    return int.from_bytes(head[offset : offset + 2], "little")
+
+
 def _inspect(path: str) -> tuple[int, str]:
     """(EXIF orientation 1-8, problem or "") from the header; full decode only if the end looks cut."""
     try:
         with open(path, "rb") as f:
-            head = f.read(16)
+            head = f.read(30)
             f.seek(max(0, os.fstat(f.fileno()).st_size - 2))
             tail = f.read(2)
         if not head:
             return 1, "empty file (0 bytes)"
         if not head.startswith(HEADERS) or (head.startswith(b"RIFF") and head[8:12] != b"WEBP"):
             return 1, "not an image (no JPEG, PNG, GIF, BMP or WebP header)"
+        if head.startswith(b"BM") and _bmp_bits(head) not in TENSORFLOW_BMP_BITS:
+            return 1, f"a {_bmp_bits(head)}-bit BMP, which TensorFlow cannot decode (8, 24 or 32 bits); save it as PNG"
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:

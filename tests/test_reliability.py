@@ -19,6 +19,7 @@ from dogbreeds.distribute import user_facing_failures
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.images import inspect_images
 from dogbreeds.models import build_backbone
+from dogbreeds.pipeline import decode
 from dogbreeds.synthetic import make_competition
 
 from helpers import TINY, console_script, dogbreeds, predicting_model
@@ -47,10 +48,18 @@ def jpeg_bytes(folder, size=(40, 30)):
     return path.read_bytes()
 
 
+def bmp_bytes(folder, mode):
+    """A BMP of `mode`'s depth, as Pillow writes it (a 1-bit one passes Pillow, not TensorFlow)."""
+    path = folder / f"probe-{mode}.bmp"
+    Image.new(mode, (8, 8)).save(path, format="BMP")
+    return path.read_bytes()
+
+
 BROKEN = {  # each given a folder of the test's own (tmp_path)
     "truncated": lambda folder: jpeg_bytes(folder, (200, 150))[:700],
     "empty": lambda folder: b"",
     "text": lambda folder: b"id,breed\nnot an image\n",
+    "1-bit BMP": lambda folder: bmp_bytes(folder, "1"),
 }
 
 
@@ -60,7 +69,8 @@ def test_inspect_names_broken_files(tmp_path, kind):
     path.write_bytes(BROKEN[kind](tmp_path))
     problem = inspect_images([str(path)])["problem"].iloc[0]
     assert problem, kind
-    assert {"truncated": "unreadable", "empty": "empty file", "text": "not an image"}[kind] in problem
+    expected = {"truncated": "unreadable", "empty": "empty file", "text": "not an image", "1-bit BMP": "1-bit BMP"}
+    assert expected[kind] in problem
 
 
 def test_inspect_refuses_a_decompression_bomb_without_decoding_it(tmp_path):
@@ -78,10 +88,15 @@ def test_inspect_accepts_odd_but_valid_photos(tmp_path):
         "webp": ("RGB", "WEBP", (50, 40)),
         "pixel": ("RGB", "JPEG", (1, 1)),
         "wide": ("RGB", "JPEG", (3000, 200)),
+        "gray bmp": ("L", "BMP", (50, 40)),
+        "rgb bmp": ("RGB", "BMP", (50, 40)),
+        "rgba bmp": ("RGBA", "BMP", (50, 40)),
     }.items():
         paths.append(str(tmp_path / f"{name}.jpg"))
         Image.new(mode, size).save(paths[-1], format=fmt)
     assert inspect_images(paths)["problem"].tolist() == [""] * len(paths)
+    for path in paths:  # and TensorFlow decodes every one, as the loaders will
+        assert decode(tf.constant(path), None, 16).shape == (16, 16, 3), path
 
 
 def test_training_skips_and_names_unreadable_images(fresh, tmp_path):
