@@ -32,7 +32,7 @@ import tensorflow as tf
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from dogbreeds.files import write_atomic
+from dogbreeds.files import sweep, write_atomic
 from dogbreeds.models import build_backbone, get_backbone
 from dogbreeds.pipeline import DECODING_FORMAT, TFDataLoader
 from dogbreeds.places import feature_cache
@@ -139,6 +139,7 @@ class FeatureCache:
         model, forward = self._extractor(spec)
         partial = entry.with_name(entry.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
+        sweep(partial)  # an extraction killed while saving its progress
         store, progress = partial / "features.npy", partial / "progress.json"
         shape = (len(images), model.output_shape[-1])
         done = json.loads(progress.read_text())["done"] if progress.is_file() and store.is_file() else 0

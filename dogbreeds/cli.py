@@ -17,6 +17,7 @@ import re
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Literal, Optional
@@ -26,7 +27,7 @@ from typer.core import TyperGroup
 
 from dogbreeds.cifar.config import CifarConfig, model_names
 from dogbreeds.config import IMAGE_SIZE_HELP, PredictOptions, TrainConfig
-from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.errors import DogbreedsError, from_environment, log
 from dogbreeds.options import flag_of, from_options, is_flag, option_fields
 from dogbreeds.settings import PRECISIONS
 
@@ -54,6 +55,12 @@ class _Commands(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except OSError as error:
+            found = from_environment(error)
+            if found is None or ctx.meta.get(DEBUG):
+                raise
+            typer.echo(f"error: {found}", err=True)
+            raise typer.Exit(found.exit_code) from None
 
 
 app = typer.Typer(
@@ -351,11 +358,34 @@ def demo(
     run_demo(folder, DemoSettings(backbone, image_size, epochs, fine_tune_epochs), say=typer.echo)
 
 
+GRACE_SECONDS = 10.0  # after SIGTERM, the most a command takes to end (a `docker stop` waits 10 s, then kills)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (a stopped Kaggle session, `kill`) ends like Ctrl-C
 
 
+def end_on_termination(grace: float = GRACE_SECONDS) -> None:
+    """SIGTERM ends a command like Ctrl-C, within `grace` seconds even where Python does not get
+    control back (one long TensorFlow call, as the first steps of a compiled network): a thread
+    woken by the signal itself ends the process then. Every file is written whole or not at all,
+    and the next command sweeps what a save cut short left, so ending anywhere is safe."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    woken, wake = os.pipe()
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)  # the signal's number is written here as it arrives, not when Python runs
+
+    def watch() -> None:
+        while os.read(woken, 1)[0] != signal.SIGTERM:
+            pass
+        time.sleep(grace)
+        os.write(2, b"interrupted (SIGTERM); what was saved is whole: run the command again, or train --resume\n")
+        os._exit(130)
+
+    threading.Thread(target=watch, name="dogbreeds-sigterm", daemon=True).start()
+
+
 def main() -> None:
     """Entry point of the console script and of `python -m dogbreeds`."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    end_on_termination()
     app()

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import keras
 import tensorflow as tf
 
-from dogbreeds.errors import DogbreedsError, Interrupted, log
+from dogbreeds.errors import DogbreedsError, Interrupted, from_environment, log
 from dogbreeds.settings import STRATEGIES
 
 CPU_DEVICES_VARIABLE = "DOGBREEDS_CPU_DEVICES"  # split the CPU into N logical devices: replicas without GPUs
@@ -129,6 +129,11 @@ def user_facing_failures(batch_size: int, resume_hint: str = ""):
         yield
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted{resume_hint}") from None
+    except OSError as error:  # a full disk while saving an epoch
+        found = from_environment(error, resume_hint.removeprefix("; ") or "then run the command again")
+        if found is None:
+            raise
+        raise found from None
     except tf.errors.ResourceExhaustedError:
         raise DogbreedsError(
             f"out of memory at --batch-size {batch_size}: try --batch-size {max(1, batch_size // 2)} "

@@ -1,5 +1,6 @@
 """The exceptions the command line turns into a single clear line, and the package's logger."""
 
+import errno
 import logging
 
 log = logging.getLogger("dogbreeds")
@@ -19,3 +20,15 @@ class Interrupted(DogbreedsError):
     """Ctrl-C or SIGTERM during a command; the message says how to continue."""
 
     exit_code = 130
+
+
+def from_environment(error: OSError, then: str = "then run the command again") -> DogbreedsError | None:
+    """A full disk or a folder that cannot be written, as the one line a user can act on (`then`:
+    how to go on); None for any other OSError, which stays a bug with its traceback."""
+    where = f" writing {error.filename}" if error.filename else ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DogbreedsError(f"no space left on the device{where}: free some space, {then}")
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        what = error.filename or "a file"
+        return DogbreedsError(f"{what} cannot be written ({error.strerror}): choose a writable place")
+    return None

@@ -27,7 +27,7 @@ from keras import layers
 
 from dogbreeds.cache import backbone_specs, pooled_backbone
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.files import claim_output
+from dogbreeds.files import claim_output, temporary_sibling
 from dogbreeds.inference import Predictor
 from dogbreeds.models import get_backbone
 
@@ -121,7 +121,7 @@ MODEL_FILES = {"savedmodel": "saved_model.pb", "tflite": "model.tflite", "keras"
 
 def _replace(folder: Path, target: Path) -> None:
     """`folder` renamed to `target`; a previous target is moved aside first and removed after."""
-    aside = target.with_name(f".{target.name}.{os.getpid()}.old")
+    aside = temporary_sibling(target, "old")
     if target.exists():
         os.replace(target, aside)
     os.replace(folder, target)
@@ -154,7 +154,7 @@ def export(run: str | Path | None, format: str, out: str | Path | None = None, *
     target = Path(out) if out is not None else predictor.run.path / f"export-{format}"
     claim_output(target, force=force, ours=lambda path: (path / RECORD).is_file(), what=EXPORT, folder=True)
     model = serving_model(predictor)
-    folder = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    folder = temporary_sibling(target)
     record = {"run": str(predictor.run.path), "format": format, "image_size": model.input_shape[1]}
     inside = predictor.run.path.resolve() in target.resolve().parents  # the default: RUN/export-FORMAT
     try:

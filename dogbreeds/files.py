@@ -1,14 +1,18 @@
 """Writing files so that a reader never sees half of one, and claiming an output path once.
 
 Every file the package writes (a run's files, a submission, the feature cache's progress, a
-picture) goes through here: written beside its place, then renamed into it. The probability
-table (id, then one column per class, in the sample submission's order) is the one format of
-every predictions file and submission, so it is built here too.
+picture) goes through here: written beside its place, then renamed into it. A temporary name
+carries the writer's process id (`.NAME.PID.tmp`), so that what a killed process left behind is
+known as such and swept by the next command writing there (`sweep`). The probability table (id,
+then one column per class, in the sample submission's order) is the one format of every
+predictions file and submission, so it is built here too.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -26,21 +30,60 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a plain file is what the user expects
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:  # a full disk names no file
+            error.filename = str(path)
         raise
     return path
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A fresh name beside `path` for writers that need a file name (Keras, matplotlib)."""
-    return path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+def temporary_sibling(path: Path, kind: str = "tmp") -> Path:
+    """A fresh name beside `path` for writers that need a file name (Keras, matplotlib: its
+    suffix kept) or a folder (an export; `kind="old"`: a previous one moved aside)."""
+    return path.with_name(f".{path.stem}.{os.getpid()}.{kind}{path.suffix}")
+
+
+# .NAME.PID.tmp[.SUFFIX], .NAME.PID.RANDOM.tmp (write_atomic) and .NAME.PID.old[.SUFFIX]
+_TEMPORARY = re.compile(r"\.(?P<of>.+?)\.(?P<pid>\d+)\.(?:[a-z0-9_]+\.)?(?:tmp|old)(?:\.\w+)?")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        pass
+    return True
+
+
+def sweep(folder: Path, of: list[str] | None = None) -> int:
+    """Remove the temporaries that processes no longer running left in `folder` (a kill, a full
+    disk): all of them, or only those of the files named in `of`. A folder that cannot be
+    written (a read-only run) is left as it is. Returns how many were removed."""
+    stems = None if of is None else {Path(name).stem for name in of} | set(of)
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        found = _TEMPORARY.fullmatch(entry.name)
+        if not found or (stems is not None and found["of"] not in stems) or _alive(int(found["pid"])):
+            continue
+        try:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def claim_output(path: Path, *, force: bool, ours: Callable[[Path], bool], what: str, folder: bool = False) -> Path:
@@ -57,6 +100,7 @@ def claim_output(path: Path, *, force: bool, ours: Callable[[Path], bool], what:
     above = next((p for p in path.parents if p.exists()), None)
     if above is not None and not above.is_dir():
         raise DogbreedsError(f"--out {path}: {above} is a file, not a folder; pass --out another path")
+    sweep(path.parent, of=[path.name])
     return path
 
 

@@ -6,7 +6,7 @@ or one phase for a network trained from scratch). After every epoch the run fold
 epoch log, the best model by validation loss, and (when resumable) the model with its
 optimizer (`last.keras`) and where training stands (`progress.json`), all written atomically,
 so a run stopped by Ctrl-C, a kill or the end of a Kaggle session continues with `--resume`.
-`--time-budget` is a `Budget`: an epoch that would not end in time is not started.
+`--time-budget` is a `Budget`: an epoch that would not end in time, with the run's end, is not started.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
@@ -53,6 +55,26 @@ class AveragedWeights(keras.callbacks.SwapEMAWeights):
             self._swap_variables()
 
 
+@contextmanager
+def uninterrupted():
+    """Ctrl-C or SIGTERM while an epoch's files are written takes effect once they are: a run
+    stopped there resumes from that epoch rather than from a half-saved one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        s: signal.signal(s, lambda number, frame: caught.append(number)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 class SaveProgress(keras.callbacks.Callback):
     """After each epoch: the epoch log, the best model, the last model, then progress.json."""
 
@@ -70,6 +92,10 @@ class SaveProgress(keras.callbacks.Callback):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
+        with uninterrupted():
+            self._save(epoch, logs)
+
+    def _save(self, epoch, logs):
         logs = {k: float(v) for k, v in (logs or {}).items()}
         row = {"epoch": epoch, "phase": self.progress.phase, **logs}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
@@ -102,13 +128,16 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
 
 
 class Budget:
-    """`--time-budget`: an epoch that would not end before the deadline, judged by the longest
-    epoch so far, is not started; the run then ends as if its epochs were done, resumable."""
+    """`--time-budget`: an epoch is started only if it and the run's end (the held-out predictions)
+    fit before the deadline. Each phase's epoch is judged by that phase's longest so far; a phase's
+    first by the longest of any, times how much slower the phase is (`Phase.slower`). Not started:
+    the run ends as if its epochs were done, resumable."""
 
     def __init__(self, seconds: float | None = None, started: float | None = None):
         """`seconds` from `started` (a time.monotonic() value: the command's start), or from now."""
         self.deadline = None if seconds is None else (started or time.monotonic()) + seconds
-        self.longest = 0.0  # the longest epoch so far, in seconds
+        self.epochs: dict[str, float] = {}  # each phase's longest epoch so far, in seconds
+        self.finishing = 0.0  # the run's end, in seconds: its validation pass, times the passes it makes
         self.stopped = False
 
     @staticmethod
@@ -120,28 +149,42 @@ class Budget:
         hours, minutes, seconds = (int(v or 0) for v in found.groups())
         return hours * 3600 + minutes * 60 + seconds
 
-    def allows_another(self) -> bool:
+    def expected(self, phase: str = "", slower: float = 1.0) -> float:
+        """Seconds for the next epoch of `phase` (none named: of the slowest phase so far)."""
+        if phase in self.epochs:
+            return self.epochs[phase]
+        return max(self.epochs.values(), default=0.0) * (slower if phase else 1.0)
+
+    def allows_another(self, phase: str = "", slower: float = 1.0) -> bool:
         """Whether the next epoch should start; the first always does (there is nothing to judge by)."""
-        if self.deadline is not None and self.longest and time.monotonic() + self.longest > self.deadline:
+        expected = self.expected(phase, slower)
+        if self.deadline is not None and expected and time.monotonic() + expected + self.finishing > self.deadline:
             self.stopped = True
         return not self.stopped
 
 
 class KeepToBudget(keras.callbacks.Callback):
-    """Times each epoch and stops training when the budget leaves no room for another."""
+    """Times each epoch and its validation pass, and stops training when the budget leaves no
+    room for another epoch and the run's end (`finishing`: that many validation passes)."""
 
-    def __init__(self, budget: Budget):
+    def __init__(self, budget: Budget, phase: str, finishing: float = 1.0):
         super().__init__()
-        self.budget = budget
+        self.budget, self.phase, self.finishing = budget, phase, finishing
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.monotonic()
 
-    def on_epoch_end(self, epoch, logs=None):
-        self.budget.longest = max(self.budget.longest, time.monotonic() - self.started)
-        if not self.budget.allows_another():
-            self.model.stop_training = True
+    def on_test_begin(self, logs=None):
+        self.validating = time.monotonic()
 
+    def on_test_end(self, logs=None):
+        self.budget.finishing = (time.monotonic() - self.validating) * self.finishing
+
+    def on_epoch_end(self, epoch, logs=None):
+        took = time.monotonic() - self.started
+        self.budget.epochs[self.phase] = max(self.budget.epochs.get(self.phase, 0.0), took)
+        if not self.budget.allows_another(self.phase):
+            self.model.stop_training = True
 
 
 @dataclass
@@ -155,6 +198,7 @@ class Phase:
     adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
     loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"  # categorical_: target distributions
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)  # the phase's own, e.g. Lookahead
+    slower: float = 1.0  # its epochs against the earlier phase's, until one is timed (--time-budget)
 
 
 def fit_phases(
@@ -167,6 +211,7 @@ def fit_phases(
     patience: int = 3,
     resumable: bool = True,
     budget: Budget | None = None,
+    finishing: float = 1.0,
 ) -> None:
     """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
 
@@ -174,22 +219,27 @@ def fit_phases(
     continues without recompiling, so the optimizer loaded with the model keeps its state.
     `resumable` keeps last.keras and progress.json for `--resume`; without it only the best
     model and the epoch log are written. A `budget` that runs out leaves the phase unfinished,
-    to be resumed.
+    to be resumed; the run's end predicts the held-out images `finishing` times (2: with their
+    mirrors), which the budget keeps time for.
     """
     budget = budget or Budget()
     saver = SaveProgress(run, progress, resumable)
+    for row in saver.rows:  # a resumed run's epochs judge the next ones
+        seconds, name = row.get("seconds"), row.get("phase", "")
+        if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+            budget.epochs[name] = max(budget.epochs.get(name, 0.0), float(seconds))
     verbose = 1 if sys.stdout.isatty() else 2
     for phase in phases:
         if phase.name in progress.completed:
             continue
-        if not budget.allows_another():
+        if not budget.allows_another(phase.name, phase.slower):
             return
         if progress.phase != phase.name:
             progress.phase, progress.phase_start = phase.name, progress.epoch
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
         guard = StopOnNaN()
-        callbacks = [guard, *phase.callbacks, saver, KeepToBudget(budget)]
+        callbacks = [guard, *phase.callbacks, saver, KeepToBudget(budget, phase.name, finishing)]
         optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
         saver.averaged = AveragedWeights() if optimizer.use_ema else None
         if saver.averaged:
@@ -221,6 +271,7 @@ def fit_phases(
             return  # the phase goes on after --resume
         progress.completed.append(phase.name)
         if resumable:
-            if saver.averaged and fits:  # the next phase starts from the average, resumed or not
-                run.save_model(model, Run.last_file)
-            run.write(Run.progress_file, json.dumps(asdict(progress)))
+            with uninterrupted():
+                if saver.averaged and fits:  # the next phase starts from the average, resumed or not
+                    run.save_model(model, Run.last_file)
+                run.write(Run.progress_file, json.dumps(asdict(progress)))

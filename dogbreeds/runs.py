@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from dogbreeds.errors import DogbreedsError, log
-from dogbreeds.files import probability_table, table_csv, temporary_sibling, write_atomic
+from dogbreeds.files import probability_table, sweep, table_csv, temporary_sibling, write_atomic
 from dogbreeds.places import runs_dir
 
 
@@ -89,15 +89,19 @@ class Run:
         return self.oof_file if self.folds > 1 else self.model_file
 
     @classmethod
-    def create(cls, config_json: str, classes: list[str], run_dir: str | Path | None = None, *, name: str = "run"):
-        """A new run folder holding its configuration and classes (default: runs/<name>-<time>)."""
+    def create(
+        cls, config_json: str, classes: list[str], run_dir: str | Path | None = None, *, name: str = "run", again=False
+    ):
+        """A new run folder holding its configuration and classes (default: runs/<name>-<time>).
+        `again`: the same run started over, its model replaced (one stopped before it saved an
+        epoch to resume from)."""
         if run_dir is None:
             run_dir = runs_dir() / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
         run = cls(Path(run_dir))
         above = next((p for p in [run.path, *run.path.parents] if p.exists()), None)
         if above is not None and not above.is_dir():
             raise DogbreedsError(f"--run-dir {run.path}: {above} is a file, not a folder; choose another --run-dir")
-        if run.file(cls.model_file).exists():
+        if run.file(cls.model_file).exists() and not again:
             raise DogbreedsError(f"{run.path} already holds a trained model; choose another --run-dir")
         recorded = run.file(cls.config_file)
         if recorded.is_file() and recorded.read_text() != config_json:  # the same command again may go on
@@ -179,6 +183,7 @@ class Run:
                 raise DogbreedsError(
                     f"run {self.path} is in use by another dogbreeds command; wait for it to end, or use another run"
                 ) from None
+            sweep(self.path)  # what a killed command left
             yield self
 
     def calibration(self):
@@ -193,11 +198,18 @@ class Run:
         return self.file(name)
 
     def save_model(self, model, name: str = model_file) -> None:
-        """A Keras model saved under a temporary name, then renamed into place."""
+        """A Keras model saved under a temporary name, then renamed into place (the temporary
+        removed if the save fails: a full disk)."""
         path = self.file(name)
         tmp = temporary_sibling(path)
-        model.save(tmp)
-        tmp.replace(path)
+        try:
+            model.save(tmp)
+            tmp.replace(path)
+        except BaseException as error:
+            tmp.unlink(missing_ok=True)
+            if isinstance(error, OSError):  # a full disk: name the file meant, not its temporary
+                error.filename = str(path)
+            raise
 
     def save_predictions(self, name: str, ids, classes: list[str], probabilities) -> Path:
         """Probabilities as a table with the sample_submission header: id, then the classes in order."""
@@ -207,6 +219,7 @@ class Run:
         """`save_predictions` for what is only kept to save work later (`test_predictions.csv`): a run
         that cannot be written (attached read-only, as a Kaggle dataset) goes on without it, said."""
         try:
+            sweep(self.path, of=[name])
             self.save_predictions(name, ids, classes, probabilities)
         except OSError as error:
             log.warning(f"{self.path} cannot be written ({error.strerror}): {name} not kept, so blend predicts again")

@@ -104,7 +104,8 @@ def competition_phases(
     frozen, fine_tune = config.epochs, config.fine_tune_epochs
     return [
         Phase("frozen", frozen, adam(learning_rate, frozen, False), freeze, adaptive, loss),
-        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune, True), unfreeze, adaptive, loss),
+        # backward through the backbone too: a fine-tuning epoch costs about three frozen ones
+        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune, True), unfreeze, adaptive, loss, slower=3.0),
     ]
 
 
@@ -124,7 +125,8 @@ def _fit_competition(
     train_data, val_data = loader.training(train), loader.evaluation(val)
     if config.batch_augmentation.soft_targets:  # the same loss scores plain labels as distributions
         val_data = val_data.map(lambda images, labels: (images, tf.one_hot(labels, classes)))
-    fit_phases(model, run, phases, train_data, val_data, progress, config.patience, budget=budget)
+    passes = 2.0 if config.tta else 1.0  # the end of the run predicts the held-out images as submit does
+    fit_phases(model, run, phases, train_data, val_data, progress, config.patience, budget=budget, finishing=passes)
 
 
 def _finish(
@@ -180,11 +182,13 @@ def _train_one(
     data: Data | None = None,
     inputs: HeadInputs | None = None,
     budget: Budget | None = None,
+    again: bool = False,
 ) -> TrainResult:
-    """One model on one split: a single run, or one fold of a k-fold run (handed its `data`)."""
+    """One model on one split: a single run, or one fold of a k-fold run (handed its `data`);
+    `again`: the same run started over in its folder."""
     budget = budget or Budget()
     if config.method == "features":
-        return train_features(config, run_dir, data, inputs)
+        return train_features(config, run_dir, data, inputs, again)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
     data = data or prepare_data(config.data, config.split)
     keras.utils.set_random_seed(config.seed)
@@ -198,7 +202,7 @@ def _train_one(
             hidden_units=config.hidden_units,
             pretrained=config.pretrained,
         )
-    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone)
+    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone, again=again)
     _save_skipped(run, data)
     _save_fold(run, config, data)
     train, val = data.partition(config.fold)
@@ -229,7 +233,11 @@ def _readable_tests(data: Data) -> list[pd.DataFrame]:
 
 
 def train_features(
-    config: TrainConfig, run_dir: str | Path | None = None, data: Data | None = None, inputs: HeadInputs | None = None
+    config: TrainConfig,
+    run_dir: str | Path | None = None,
+    data: Data | None = None,
+    inputs: HeadInputs | None = None,
+    again: bool = False,
 ) -> TrainResult:
     """--method features: cached backbone vectors (train, validation, test), then a head on them.
 
@@ -246,7 +254,7 @@ def train_features(
         inputs = _extracted(head_inputs, cache, features, train, val, _readable_tests(data))
     extraction_seconds = time.perf_counter() - started
 
-    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone)
+    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone, again=again)
     with run.lock():
         _save_skipped(run, data)
         _save_fold(run, config, data)
@@ -365,7 +373,7 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
             else:
                 train, val = data.partition(i)
                 inputs = vectors.head_inputs(train["id"], val["id"]) if vectors else None
-                _train_one(fold_config, fold_run.path, data, inputs, budget)
+                _train_one(fold_config, fold_run.path, data, inputs, budget, again=True)  # its settings checked
         result = _finish_folds(root, config, _fold_identity(config, data), images)
         if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
             result.metrics["extraction_seconds"] = extraction_seconds
@@ -430,8 +438,9 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
             f"run {run.path} uses cached features: run its training command again; the extraction resumes by itself"
         )
     progress_path = run.file(Run.progress_file)
-    if not progress_path.is_file() or not run.file(Run.last_file).is_file():
-        raise DogbreedsError(f"run {run.path} has no completed epoch to resume from; train it again")
+    if not progress_path.is_file() or not run.file(Run.last_file).is_file():  # stopped in its first epoch
+        log.info(f"run {run.path} saved no epoch to resume from: training it from the start")
+        return _train_one(config, run.path, data, budget=budget, again=True)
     progress = Progress(**json.loads(progress_path.read_text()))
     strategy = make_strategy(config.strategy)
     data = data or prepare_data(config.data, config.split)

@@ -296,14 +296,6 @@ def test_killed_training_resumes_from_its_last_epoch(competition, tmp_path, sig)
     assert after["val_loss"].min() <= best_before and metrics["epochs"] == 9
 
 
-def test_resume_needs_a_completed_epoch(tmp_path):
-    run = tmp_path / "empty"
-    run.mkdir()
-    (run / "config.json").write_text(TrainConfig().to_json())
-    (run / "classes.json").write_text('["a", "b"]')
-    one_error_line(dogbreeds("train", "--resume", run), "no completed epoch to resume from")
-
-
 def test_debug_shows_the_traceback(tmp_path):
     result = console_script("--debug", "train", "--data", tmp_path / "nowhere")
     assert result.returncode != 0 and "Traceback" in result.stderr
