@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,29 @@ def run(*args) -> tuple[int, str]:
     shown = " / ".join(lines) or (result.stdout.strip().splitlines() or [""])[-1]
     if "Traceback" in result.stderr:
         shown = "TRACEBACK: " + shown
+    return result.returncode, shown
+
+
+# A full disk, simulated: every file the package writes whole (write_atomic), and every Keras
+# model save, fails with ENOSPC, as on a disk with no space left.
+FULL_DISK = """
+import errno, os, sys, keras
+from dogbreeds import files
+def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+files.os.fdopen = full
+keras.Model.save = full
+from dogbreeds.cli import main
+sys.argv = ["dogbreeds", *sys.argv[1:]]
+main()
+"""
+
+
+def run_on_a_full_disk(*args) -> tuple[int, str]:
+    """`run`, on a full disk."""
+    result = subprocess.run([sys.executable, "-c", FULL_DISK, *map(str, args)], capture_output=True, text=True)
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "warning:"))]
+    shown = ("TRACEBACK: " if "Traceback" in result.stderr else "") + " / ".join(lines)
     return result.returncode, shown
 
 
@@ -195,6 +219,22 @@ def main() -> None:
         key.write_text(text)
         code, shown = run("score", submission, "--solution", key)
         rows.append((f"score: an answer key {case}", shown, code))
+
+    # Issue 26: a full disk, a kill and SIGTERM leave nothing half-written, and the next command goes on.
+    full_run = base / "full-run"
+    code, shown = run_on_a_full_disk("train", "--data", pristine, *TINY, "--run-dir", full_run)
+    left = sorted(p.name for p in full_run.iterdir() if p.name.startswith("."))
+    rows.append((f"train: disk full (simulated); temporaries left: {len(left)}", shown, code))
+    code, shown = run("train", "--resume", full_run)
+    rows.append(("train --resume after the disk-full run, space freed", shown, code))
+    code, shown = run_on_a_full_disk("submit", "--run", model_run, "--data", pristine, "--out", base / "full.csv")
+    rows.append((f"submit: disk full (simulated); file written: {(base / 'full.csv').exists()}", shown, code))
+    killed = base / "killed"
+    shutil.copytree(model_run, killed)
+    (killed / ".model.99999999.tmp.keras").write_bytes(b"half")  # a save a SIGKILL cut short
+    code, shown = run("evaluate", "--run", killed)
+    left = sorted(p.name for p in killed.iterdir() if p.name.startswith("."))
+    rows.append((f"evaluate after a killed save; temporaries left: {len(left)}", shown, code))
 
     print("| case | what the user sees | exit |\n| --- | --- | --- |")
     for case, shown, code in rows:
