@@ -127,17 +127,23 @@ class StopOnNaN(keras.callbacks.TerminateOnNaN):
             self.epoch = self.current
 
 
+class OutOfTime(Exception):
+    """An epoch whose first steps show it would end after the deadline: it is dropped, and the
+    run goes on (with --resume) from the last epoch saved."""
+
+
 class Budget:
     """`--time-budget`: an epoch is started only if it and the run's end (the held-out predictions)
-    fit before the deadline. Each phase's epoch is judged by that phase's longest so far; a phase's
-    first by the longest of any, times how much slower the phase is (`Phase.slower`). Not started:
-    the run ends as if its epochs were done, resumable."""
+    fit before the deadline, judged by its phase's longest epoch so far. A phase's first epoch
+    (fine-tuning costs more than the frozen epochs before it) is judged again by its first steps
+    (`KeepToBudget`). Not started, or dropped: the run ends as if its epochs were done, resumable."""
 
     def __init__(self, seconds: float | None = None, started: float | None = None):
         """`seconds` from `started` (a time.monotonic() value: the command's start), or from now."""
         self.deadline = None if seconds is None else (started or time.monotonic()) + seconds
         self.epochs: dict[str, float] = {}  # each phase's longest epoch so far, in seconds
-        self.finishing = 0.0  # the run's end, in seconds: its validation pass, times the passes it makes
+        self.validation = 0.0  # the longest validation pass
+        self.finishing = 0.0  # the run's end: that pass, times the passes it makes
         self.stopped = False
 
     @staticmethod
@@ -149,23 +155,24 @@ class Budget:
         hours, minutes, seconds = (int(v or 0) for v in found.groups())
         return hours * 3600 + minutes * 60 + seconds
 
-    def expected(self, phase: str = "", slower: float = 1.0) -> float:
-        """Seconds for the next epoch of `phase` (none named: of the slowest phase so far)."""
-        if phase in self.epochs:
-            return self.epochs[phase]
-        return max(self.epochs.values(), default=0.0) * (slower if phase else 1.0)
+    def fits(self, seconds: float) -> bool:
+        """Whether `seconds` more, then the run's end, end before the deadline."""
+        return self.deadline is None or time.monotonic() + seconds + self.finishing <= self.deadline
 
-    def allows_another(self, phase: str = "", slower: float = 1.0) -> bool:
-        """Whether the next epoch should start; the first always does (there is nothing to judge by)."""
-        expected = self.expected(phase, slower)
-        if self.deadline is not None and expected and time.monotonic() + expected + self.finishing > self.deadline:
+    def allows_another(self, phase: str = "") -> bool:
+        """Whether the next epoch of `phase` (none named: of the slowest phase) should start; the
+        first always does (there is nothing to judge by)."""
+        expected = self.epochs.get(phase) or max(self.epochs.values(), default=0.0)
+        if expected and not self.fits(expected):
             self.stopped = True
         return not self.stopped
 
 
 class KeepToBudget(keras.callbacks.Callback):
     """Times each epoch and its validation pass, and stops training when the budget leaves no
-    room for another epoch and the run's end (`finishing`: that many validation passes)."""
+    room for another epoch and the run's end (`finishing`: that many validation passes). The
+    first epoch of a phase not timed yet is judged by its first tenth of steps (the first step,
+    which compiles, left out), and dropped there if it would end late."""
 
     def __init__(self, budget: Budget, phase: str, finishing: float = 1.0):
         super().__init__()
@@ -173,12 +180,28 @@ class KeepToBudget(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.monotonic()
+        steps = self.params.get("steps") or 0
+        judged = self.budget.deadline is not None and self.phase not in self.budget.epochs and self.budget.epochs
+        self.judge_at = max(3, steps // 10) if judged and steps > 3 else None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.judge_at is None:
+            return
+        if batch == 0:
+            self.first_step = time.monotonic()
+        elif batch + 1 == self.judge_at:
+            each = (time.monotonic() - self.first_step) / batch
+            self.judge_at = None
+            if not self.budget.fits(each * (self.params["steps"] - batch - 1) + self.budget.validation):
+                self.budget.stopped = True
+                raise OutOfTime
 
     def on_test_begin(self, logs=None):
         self.validating = time.monotonic()
 
     def on_test_end(self, logs=None):
-        self.budget.finishing = (time.monotonic() - self.validating) * self.finishing
+        self.budget.validation = max(self.budget.validation, time.monotonic() - self.validating)
+        self.budget.finishing = self.budget.validation * self.finishing
 
     def on_epoch_end(self, epoch, logs=None):
         took = time.monotonic() - self.started
@@ -198,7 +221,6 @@ class Phase:
     adaptive: bool = True  # early stopping and the rate cut on a plateau; False: a fixed schedule runs out
     loss: str | keras.losses.Loss = "sparse_categorical_crossentropy"  # categorical_: target distributions
     callbacks: list[keras.callbacks.Callback] = field(default_factory=list)  # the phase's own, e.g. Lookahead
-    slower: float = 1.0  # its epochs against the earlier phase's, until one is timed (--time-budget)
 
 
 def fit_phases(
@@ -232,7 +254,7 @@ def fit_phases(
     for phase in phases:
         if phase.name in progress.completed:
             continue
-        if not budget.allows_another(phase.name, phase.slower):
+        if not budget.allows_another(phase.name):
             return
         if progress.phase != phase.name:
             progress.phase, progress.phase_start = phase.name, progress.epoch
@@ -252,15 +274,18 @@ def fit_phases(
         end = progress.phase_start + phase.epochs
         fits = progress.epoch < end
         if fits:
-            model.fit(
-                train_data,
-                validation_data=val_data,
-                initial_epoch=progress.epoch,
-                epochs=end,
-                verbose=verbose,
-                shuffle=False,  # the loaders shuffle, reproducibly
-                callbacks=callbacks,
-            )
+            try:
+                model.fit(
+                    train_data,
+                    validation_data=val_data,
+                    initial_epoch=progress.epoch,
+                    epochs=end,
+                    verbose=verbose,
+                    shuffle=False,  # the loaders shuffle, reproducibly
+                    callbacks=callbacks,
+                )
+            except OutOfTime:  # the model in memory is part of an epoch on: the run folder holds the last whole one
+                return
         if guard.epoch is not None:
             raise DogbreedsError(
                 f"the training loss became NaN or infinite in epoch {guard.epoch + 1} ({phase.name}); the best model "

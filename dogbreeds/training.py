@@ -104,8 +104,7 @@ def competition_phases(
     frozen, fine_tune = config.epochs, config.fine_tune_epochs
     return [
         Phase("frozen", frozen, adam(learning_rate, frozen, False), freeze, adaptive, loss),
-        # backward through the backbone too: a fine-tuning epoch costs about three frozen ones
-        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune, True), unfreeze, adaptive, loss, slower=3.0),
+        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune, True), unfreeze, adaptive, loss),
     ]
 
 

@@ -16,7 +16,7 @@ import keras
 import pandas as pd
 import pytest
 
-from dogbreeds.loop import Budget, uninterrupted
+from dogbreeds.loop import Budget, KeepToBudget, OutOfTime, uninterrupted
 
 from helpers import TINY, dogbreeds, predicting_model
 
@@ -172,12 +172,35 @@ def clock(monkeypatch):
     return now
 
 
-def test_a_new_phase_is_judged_by_its_cost_not_by_the_faster_phase_before_it(clock):
+def test_a_new_phase_is_judged_by_its_first_steps_not_by_the_faster_phase_before_it(clock):
     budget = Budget(100, started=0)
     budget.epochs["frozen"] = 20
     clock[0] = 50
-    assert budget.allows_another("frozen")  # 50 + 20 <= 100
-    assert not budget.allows_another("fine_tune", slower=3.0)  # 50 + 3 x 20 > 100
+    assert budget.allows_another("fine_tune")  # judged by the frozen epochs, 50 + 20 <= 100, it starts
+    keeper = KeepToBudget(budget, "fine_tune")
+    keeper.set_params({"steps": 40})
+    keeper.on_epoch_begin(3)
+    keeper.on_train_batch_end(0)  # the first step (it compiles) is not counted
+    clock[0] = 53
+    keeper.on_train_batch_end(1)
+    clock[0] = 56
+    keeper.on_train_batch_end(2)
+    clock[0] = 59
+    with pytest.raises(OutOfTime):  # 3 s a step: 36 more steps end at 167
+        keeper.on_train_batch_end(3)
+    assert budget.stopped
+
+
+def test_a_phase_judged_by_its_first_steps_goes_on_when_it_fits(clock):
+    budget = Budget(1000, started=0)
+    budget.epochs["frozen"] = 20
+    keeper = KeepToBudget(budget, "fine_tune")
+    keeper.set_params({"steps": 40})
+    keeper.on_epoch_begin(3)
+    for step in range(40):
+        clock[0] += 3
+        keeper.on_train_batch_end(step)
+    assert not budget.stopped
 
 
 def test_a_budget_keeps_time_for_the_end_of_the_run(clock):
