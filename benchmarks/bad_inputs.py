@@ -236,6 +236,77 @@ def main() -> None:
     left = sorted(p.name for p in killed.iterdir() if p.name.startswith("."))
     rows.append((f"evaluate after a killed save; temporaries left: {len(left)}", shown, code))
 
+    # Issue 26, classes 11, 12 and 14: run files and cache entries damaged on disk, paths from elsewhere.
+    def damaged_copy(damage) -> Path:
+        target = Path(tempfile.mkdtemp(dir=base)) / "run"
+        shutil.copytree(model_run, target)
+        damage(target)
+        return target
+
+    def edited(name: str, **change):
+        return lambda r: (r / name).write_text(json.dumps(json.loads((r / name).read_text()) | change))
+
+    def cut(name: str, keep: int):
+        return lambda r: (r / name).write_bytes((r / name).read_bytes()[:keep])
+
+    submit_run = ("submit", "--run", "RUN", "--data", pristine, "--out", "OUT")
+    damages = {
+        "config.json garbage": (lambda r: (r / "config.json").write_text("garbage{"), submit_run),
+        "config.json cut short": (cut("config.json", 100), submit_run),
+        "config.json is []": (lambda r: (r / "config.json").write_text("[]"), submit_run),
+        "config.json wrong-typed field": (edited("config.json", image_size="big"), submit_run),
+        "config.json null settings": (edited("config.json", augmentation=None), submit_run),
+        "classes.json garbage": (lambda r: (r / "classes.json").write_text("garb"), submit_run),
+        "progress.json garbage": (lambda r: (r / "progress.json").write_text("xx"), ("train", "--resume", "RUN")),
+        "progress.json extra key": (edited("progress.json", x=1), ("train", "--resume", "RUN")),
+        "last.keras cut short": (cut("last.keras", 500), ("train", "--resume", "RUN")),
+        "history.csv garbage": (
+            lambda r: (r / "history.csv").write_text('\x00garbage\n"open'),
+            ("train", "--resume", "RUN"),
+        ),
+        "val_predictions.csv empty": (cut("val_predictions.csv", 0), ("evaluate", "--run", "RUN")),
+        "val_predictions.csv cut short": (cut("val_predictions.csv", 150), ("evaluate", "--run", "RUN")),
+        "metrics.json garbage": (lambda r: (r / "metrics.json").write_text("zz"), ("runs", "--dir", "RUN/..")),
+        "model.keras empty": (lambda r: (r / "model.keras").write_text(""), submit_run),
+        "model.keras cut short": (cut("model.keras", 2000), submit_run),
+    }
+    for case, (damage, command) in damages.items():
+        target = damaged_copy(damage)
+        args = [{"RUN": target, "RUN/..": target.parent, "OUT": target.parent / "s.csv"}.get(a, a) for a in command]
+        code, shown = run(*args)
+        rows.append((f"{command[0]}: {case}", shown.replace(str(target), "RUN"), code))
+    other_size = base / "run-64"
+    run("train", "--data", pristine, *TINY[:4], "--image-size", "64", *TINY[6:], "--run-dir", other_size)
+    target = damaged_copy(lambda r: shutil.copy(other_size / "model.keras", r / "model.keras"))
+    code, shown = run(*[{"RUN": target, "OUT": base / "s64.csv"}.get(a, a) for a in submit_run])
+    rows.append(("submit: model.keras of another image size", shown.replace(str(target), "RUN"), code))
+
+    features_run, cache = base / "features-run", base / "feature-cache"
+    run("train", "--data", pristine, *TINY, "--method", "features", "--head-epochs", "3", "--cache-dir", cache,
+        "--run-dir", features_run)  # fmt: skip
+    run("submit", "--run", features_run, "--data", pristine, "--out", base / "f1.csv")
+    for meta in cache.glob("*/meta.json"):
+        if "/test/" in json.loads(meta.read_text())["first"]:
+            store = meta.parent / "features.npy"
+            store.write_bytes(store.read_bytes()[:200])
+    code, shown = run("submit", "--run", features_run, "--data", pristine, "--out", base / "f2.csv")
+    rows.append(("submit: the test images' feature cache entries cut short", shown.replace(str(cache), "CACHE"), code))
+    config = json.loads((features_run / "config.json").read_text())
+    (features_run / "config.json").write_text(json.dumps(config | {"cache_dir": str(existing / "cache")}))
+    code, shown = run("submit", "--run", features_run, "--data", pristine, "--out", base / "f3.csv")
+    rows.append(("submit: a recorded cache_dir that cannot be made here", shown, code))
+    code, shown = run("train", "--data", pristine, *TINY, "--method", "features", "--cache-dir", existing / "cache",
+                      "--run-dir", base / "f-new")  # fmt: skip
+    rows.append(("train: --cache-dir under a file", shown, code))
+    labels_moved = copy()
+    (labels_moved / "labels.csv").write_text("".join((labels_moved / "labels.csv").open().readlines()[:-1]))
+    code, shown = run("train", "--resume", model_run, "--data", labels_moved)
+    rows.append(("train --resume --data with other labels", shown, code))
+    code, shown = run("export", "--run", model_run, "--format", "keras", "--out", ".")
+    rows.append(("export: --out .", shown, code))
+    code, shown = run("submit", "--run", model_run, "--data", pristine, "--out", existing / "s.csv")
+    rows.append(("submit: --out under a file", shown, code))
+
     print("| case | what the user sees | exit |\n| --- | --- | --- |")
     for case, shown, code in rows:
         shown = shown.replace(str(base), "$TMP").replace("|", "\\|")

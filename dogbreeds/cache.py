@@ -32,7 +32,8 @@ import tensorflow as tf
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
-from dogbreeds.files import sweep, write_atomic
+from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.files import sweep, temporary_sibling, write_atomic
 from dogbreeds.models import build_backbone, get_backbone
 from dogbreeds.pipeline import DECODING_FORMAT, TFDataLoader
 from dogbreeds.places import feature_cache
@@ -110,8 +111,21 @@ def pooled_backbone(spec: FeatureSpec) -> keras.Model:
 class FeatureCache:
     """Pooled backbone features on disk, computed at most once for each key."""
 
-    def __init__(self, root: str | Path, batch_size: int = 32):
+    def __init__(self, root: str | Path, batch_size: int = 32, *, recorded: bool = False):
+        """`recorded`: `root` comes from a run's config.json, perhaps made on another machine; where
+        it cannot be made here, the default place serves (said), as a cache only saves time."""
         self.root = feature_cache(root)  # the default `cache` is /kaggle/working/cache on a kernel
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            fallback = feature_cache("cache").resolve()
+            if not recorded or self.root.resolve() == fallback:
+                raise DogbreedsError(
+                    f"the feature cache {self.root} cannot be made ({error.strerror}); choose another --cache-dir"
+                ) from None
+            log.warning(f"the run's feature cache {self.root} cannot be made here ({error.strerror}): using {fallback}")
+            self.root = fallback
+            self.root.mkdir(parents=True, exist_ok=True)
         self.batch_size = batch_size
         self.extracted = 0  # images run through a backbone by this cache: what reuse saves
         self._extractors: dict[tuple, tuple[keras.Model, object]] = {}
@@ -120,8 +134,21 @@ class FeatureCache:
         """(images, features) for a frame with a `path` column, read-only and memory-mapped."""
         paths = images["path"].tolist()
         entry = self.root / spec.key(paths)
-        if not (entry / "features.npy").is_file():
-            self._extract(spec, images, entry)
+        if (entry / "features.npy").is_file():
+            problem = _problem(entry / "features.npy", len(paths))
+            if problem is None:
+                return np.load(entry / "features.npy", mmap_mode="r")
+            log.warning(f"feature cache entry {entry} is damaged ({problem}): extracting it again")
+            aside = temporary_sibling(entry, "old")
+            os.replace(entry, aside)  # out of other readers' way first, then removed
+            shutil.rmtree(aside, ignore_errors=True)
+        self._extract(spec, images, entry)
+        problem = _problem(entry / "features.npy", len(paths))
+        if problem is not None:  # written just now: the disk or another writer is at fault
+            raise DogbreedsError(
+                f"feature cache entry {entry} is damaged right after extraction ({problem}); "
+                f"check the disk, or choose another --cache-dir"
+            )
         return np.load(entry / "features.npy", mmap_mode="r")
 
     def _extractor(self, spec: FeatureSpec) -> tuple[keras.Model, object]:
@@ -142,7 +169,7 @@ class FeatureCache:
         sweep(partial)  # an extraction killed while saving its progress
         store, progress = partial / "features.npy", partial / "progress.json"
         shape = (len(images), model.output_shape[-1])
-        done = json.loads(progress.read_text())["done"] if progress.is_file() and store.is_file() else 0
+        done = _resumable(store, progress, shape)
         array = open_memmap(store, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
         loader = TFDataLoader(
             image_size=spec.image_size,
@@ -170,6 +197,37 @@ class FeatureCache:
             os.replace(partial, entry)  # the entry appears whole, or not at all
         except OSError:  # another process completed the same entry first
             shutil.rmtree(partial, ignore_errors=True)
+
+
+def _problem(store: Path, rows: int) -> str | None:
+    """What is wrong with an entry's features.npy for `rows` images, or None: its header, its
+    length, its type and shape, and every value finite (a read of the file, far cheaper than
+    extracting it again)."""
+    try:
+        array = np.load(store, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as error:  # cut short, not .npy, or Python objects
+        return str(error).splitlines()[0][:120] or type(error).__name__
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] != rows or array.shape[1] == 0:
+        return f"{array.dtype} {array.shape} where float32 ({rows}, features) belongs"
+    if not np.isfinite(array).all():
+        return "values that are not finite numbers"
+    return None
+
+
+def _resumable(store: Path, progress: Path, shape: tuple[int, int]) -> int:
+    """How many images an interrupted extraction saved, if its files agree; else 0 (start over)."""
+    if not (progress.is_file() and store.is_file()):
+        return 0
+    try:
+        done = json.loads(progress.read_text())["done"]
+        array = np.load(store, mmap_mode="r")
+        whole = isinstance(done, int) and 0 < done <= shape[0] and array.shape == shape and array.dtype == np.float32
+    except (ValueError, OSError, EOFError, KeyError, TypeError):
+        whole = False
+    if not whole:
+        log.warning(f"the interrupted extraction in {store.parent} cannot be resumed: extracting from the start")
+        return 0
+    return done
 
 
 def backbone_specs(features: Features) -> list[FeatureSpec]:

@@ -146,7 +146,7 @@ def train(
         None,
         "--resume",
         help="Continue this stopped run from its last completed epoch (its own settings; other options but "
-        "--time-budget are ignored).",
+        "--time-budget and --data, where its competition folder is now, are ignored).",
     ),
     time_budget: Optional[str] = typer.Option(
         None,
@@ -162,7 +162,7 @@ def train(
     seconds = training.Budget.parse(time_budget) if time_budget else None
     budget = training.Budget(seconds, started=ctx.meta.get(STARTED))
     if resume is not None:
-        typer.echo(training.resume(resume, budget).text())
+        typer.echo(training.resume(resume, budget, data=options.get("data")).text())
         return
     config = from_options(TrainConfig, options)
     typer.echo(training.train(config, run_dir=str(run_dir) if run_dir else None, budget=budget).text())

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dogbreeds import __version__
-from dogbreeds.errors import DogbreedsError
-from dogbreeds.options import check_options, option, require
+from dogbreeds.errors import DogbreedsError, damaged
+from dogbreeds.options import check_options, option, require, type_problem
 from dogbreeds.settings import (
     PRECISIONS,
     STRATEGIES,
@@ -156,9 +156,7 @@ class TrainConfig:
         choices=("dense", "logreg"),
     )
     head_epochs: int = option(60, "features, dense head: most epochs (stops early).", at_least=1)
-    feature_views: int = option(
-        2, "features: views per training image (plain, mirror, then augmented).", at_least=1
-    )
+    feature_views: int = option(2, "features: views per training image (plain, mirror, then augmented).", at_least=1)
     tta: bool = option(
         True,
         TTA_HELP,
@@ -313,7 +311,12 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, text: str, source: Path | str = "config.json") -> "TrainConfig":
-        raw = json.loads(text)
+        try:
+            raw = json.loads(text)
+        except ValueError as error:
+            raise damaged(source, f"not JSON: {error}") from None
+        if not isinstance(raw, dict):
+            raise damaged(source, f"a JSON {type(raw).__name__}, not a table of settings")
         if raw.get("mode", "competition") != "competition":
             raise DogbreedsError(
                 f"{source} belongs to a `dogbreeds {raw['mode']}` run, not a competition run; pick another --run"
@@ -331,7 +334,13 @@ class TrainConfig:
                 f"{source}: unknown settings {', '.join(unknown)} (made by a newer dogbreeds?); "
                 "upgrade dogbreeds or train a new run"
             )
-        return cls(**raw)
+        wrong = type_problem(cls, raw)
+        if wrong:
+            raise damaged(source, wrong)
+        try:
+            return cls(**raw)
+        except DogbreedsError as error:  # a value the command line would refuse: hand-edited or damaged
+            raise damaged(source, str(error)) from None
 
 
 @dataclass(frozen=True)

@@ -32,3 +32,9 @@ def from_environment(error: OSError, then: str = "then run the command again") -
         what = error.filename or "a file"
         return DogbreedsError(f"{what} cannot be written ({error.strerror}): choose a writable place")
     return None
+
+
+def damaged(path, why: str, then: str = "restore it from a copy of the run, or train the run again") -> DogbreedsError:
+    """A file the package wrote that cannot be read back as it wrote it (cut short, edited, another
+    run's): named, with what is wrong and how to go on."""
+    return DogbreedsError(f"{path} is damaged ({why}); {then}")

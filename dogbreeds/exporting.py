@@ -87,7 +87,9 @@ def serving_model(predictor: Predictor) -> keras.Model:
         inputs = vectors[0] if len(vectors) == 1 else layers.Concatenate(name="features")(vectors)
     else:
         inputs = preprocessing(settings.loading.backbone, "preprocess")(images)
-    outputs = [_named(run.load_model(), f"model_{i}")(inputs) for i, run in enumerate(predictor.run.members, 1)]
+    size_taken = None if specs else size  # a head takes vectors, checked when it is called on them
+    members = predictor.run.members
+    outputs = [_named(run.load_model(image_size=size_taken), f"model_{i}")(inputs) for i, run in enumerate(members, 1)]
     probabilities = outputs[0] if len(outputs) == 1 else layers.Average(name="folds")(outputs)
     return keras.Model(images, probabilities, name=f"{predictor.run.name}_export")
 

@@ -22,7 +22,7 @@ from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, usage_note
 from dogbreeds.competition import Competition
 from dogbreeds.config import read_predict_settings
 from dogbreeds.distribute import user_facing_failures
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, damaged
 from dogbreeds.files import probability_table
 from dogbreeds.metrics import clip, scores
 from dogbreeds.models import get_backbone
@@ -144,14 +144,21 @@ class Predictor:
         features = self.settings.features
         with user_facing_failures(self.settings.loading.batch_size):
             if features is not None:
-                cache = FeatureCache(features.cache_dir, features.batch_size)
+                cache = FeatureCache(features.cache_dir, features.batch_size, recorded=True)
                 vectors = ensemble_features(cache, features, images, features.evaluation_views(tta))
                 head = self.run.load_model()
+                if head.input_shape[-1] != vectors.shape[-1]:
+                    raise damaged(
+                        self.run.file(Run.model_file),
+                        f"it takes {head.input_shape[-1]} features where the run's backbones give "
+                        f"{vectors.shape[-1]}: another run's model",
+                    )
                 return np.asarray(head.predict(vectors, batch_size=1024, verbose=0), dtype=np.float64)
             strategy = strategy or tf.distribute.get_strategy()
             with strategy.scope():
                 loader = make_loader(self.settings.loading, strategy.num_replicas_in_sync)
-                return predict(self.run.load_model(), loader, images, tta=tta, desc=desc)
+                model = self.run.load_model(image_size=self.settings.loading.image_size)
+                return predict(model, loader, images, tta=tta, desc=desc)
 
     def held_out(self, competition: Competition, *, tta: bool = True) -> pd.DataFrame:
         """The run's predictions of the labelled images it did not train on (id, then the classes),

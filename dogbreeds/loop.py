@@ -19,14 +19,15 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import keras
 import pandas as pd
 import tensorflow as tf
 
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, damaged
+from dogbreeds.options import type_problem
 from dogbreeds.runs import Run
 
 
@@ -38,6 +39,16 @@ class Progress:
     phase: str = ""
     phase_start: int = 0
     completed: list[str] = field(default_factory=list)
+
+
+def read_progress(run: Run) -> Progress:
+    """A run's progress.json, checked: --resume trusts every number in it."""
+    raw = run.read_json(Run.progress_file)
+    unknown = sorted(set(raw) - {f.name for f in fields(Progress)})
+    wrong = type_problem(Progress, raw) or (unknown and f"unknown entries {', '.join(unknown)}")
+    if wrong:
+        raise damaged(run.file(Run.progress_file), wrong)
+    return Progress(**raw)
 
 
 class AveragedWeights(keras.callbacks.SwapEMAWeights):
@@ -82,8 +93,7 @@ class SaveProgress(keras.callbacks.Callback):
         super().__init__()
         self.run, self.progress, self.resumable = run, progress, resumable
         self.averaged: AveragedWeights | None = None  # set by fit_phases for an optimizer with use_ema
-        log_path = run.file(Run.log_file)
-        rows = pd.read_csv(log_path).head(progress.epoch) if log_path.is_file() and progress.epoch else pd.DataFrame()
+        rows = run.history(progress.epoch) if progress.epoch else pd.DataFrame()
         self.rows = rows.to_dict("records")
         seen = [r["val_loss"] for r in self.rows if "val_loss" in r]
         self.best = min(seen, default=math.inf)

@@ -6,7 +6,9 @@ and the option tables of docs/options.md (`option_table`) are all read from it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -87,6 +89,50 @@ def check_options(config) -> None:
         problem = f.metadata["option"].problem(value)
         if problem:
             raise DogbreedsError(f"{flag_of(f)} {problem}")
+
+
+def _is_a(value, kind) -> bool:
+    """`value` as JSON gives it is of the annotated `kind` (an int where a float is wanted too)."""
+    if kind is typing.Any:
+        return True
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_a(value, k) for k in typing.get_args(kind))
+    if kind is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(kind) or (typing.Any,)
+        return isinstance(value, list) and all(_is_a(v, item) for v in value)
+    if dataclasses.is_dataclass(kind):
+        return isinstance(value, dict) and type_problem(kind, value) is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def type_problem(cls, values: dict) -> str | None:
+    """What is wrong with the types of a dataclass's fields read back from JSON (a saved run's
+    config, its progress), or None: a damaged file is then named as such, not met later as a
+    traceback. Unknown names are the caller's to judge."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, kind = values[f.name], hints[f.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            inner = type_problem(kind, value)
+            if inner:
+                return f"{f.name}.{inner}"
+        elif not _is_a(value, kind):
+            shown = "a table of settings" if dataclasses.is_dataclass(kind) else _kind_name(kind)
+            return f"{f.name} is {json.dumps(value)[:40]}, expected {shown}"
+    return None
+
+
+def _kind_name(kind) -> str:
+    return getattr(kind, "__name__", None) or str(kind).replace("typing.", "")
 
 
 def from_options(cls, values: dict):

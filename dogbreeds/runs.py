@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.errors import DogbreedsError, damaged, log
 from dogbreeds.files import probability_table, sweep, table_csv, temporary_sibling, write_atomic
 from dogbreeds.places import runs_dir
 
@@ -76,12 +76,21 @@ class Run:
 
     def held_out(self):
         """Those predictions (id, then the classes), as saved; a run too old to have them is told to train again."""
+        import pandas as pd
+
         if not self.file(self.held_out_file).is_file():
             raise DogbreedsError(
                 f"run {self.path} has no {self.held_out_file} (trained by an older dogbreeds, which did not keep it); "
                 "train it again"
             )
-        return self.predictions(self.held_out_file)
+        table = self.predictions(self.held_out_file)
+        if self.folds > 1:  # out of fold: each image its fold held out, once
+            held = pd.concat([fold.predictions(self.val_predictions_file)["id"] for fold in self.members])
+            if sorted(held) != sorted(table["id"]):
+                raise damaged(
+                    self.file(self.oof_file), f"it holds {len(table)} images where its folds held out {len(held)}"
+                )
+        return table
 
     @property
     def trained_file(self) -> str:
@@ -145,23 +154,54 @@ class Run:
             raise DogbreedsError(f"no trained run in {runs_dir()}/: run `dogbreeds train` first, or pass --run")
         return cls(candidates[-1])
 
-    def classes(self) -> list[str]:
-        return json.loads(self.file(self.classes_file).read_text())
+    def read_json(self, name: str, kind: type = dict):
+        """A JSON file of the run, checked to hold a `kind` (dict or list): a damaged one is named."""
+        path = self.file(name)
+        try:
+            value = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise damaged(path, f"not JSON: {error}") from None
+        if not isinstance(value, kind):
+            raise damaged(path, f"a JSON {type(value).__name__} where a {kind.__name__} belongs")
+        return value
 
-    def load_model(self):
-        """The best model, in Keras safe mode: a model file cannot run arbitrary code.
+    def classes(self) -> list[str]:
+        classes = self.read_json(self.classes_file, list)
+        if len(classes) < 2 or len(set(classes)) != len(classes) or not all(isinstance(c, str) for c in classes):
+            raise damaged(self.file(self.classes_file), "not a list of two or more different breed names")
+        return classes
+
+    def load_model(self, name: str = model_file, image_size: int | None = None):
+        """A model of the run (the best by default), in Keras safe mode: a model file cannot run
+        arbitrary code. `image_size`: the size config.json says it takes, checked, so that a
+        model file of another run is named rather than failing mid-prediction.
 
         Keras is imported here so that listing runs stays instant.
         """
+        import zipfile
+
         import keras
 
+        path = self.file(name)
+        if not zipfile.is_zipfile(path):  # Keras says "File not found" of an empty or cut-short file
+            raise damaged(path, "not a Keras model file: empty, cut short or overwritten")
         try:
-            return keras.models.load_model(self.file(self.model_file), safe_mode=True)
-        except (OSError, ValueError) as error:
-            raise DogbreedsError(
-                f"{self.file(self.model_file)} cannot be loaded ({str(error).splitlines()[0][:160]}); "
-                "train the run again"
-            ) from None
+            model = keras.models.load_model(path, safe_mode=True)
+        # Keras raises any of these for a file whose archive is whole but whose contents are not
+        # a model it can build (a layer or class it does not know, weights that do not fit).
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, EOFError, zipfile.BadZipFile) as error:
+            said = (str(error).splitlines() or [type(error).__name__])[0][:160]
+            if "safe_mode" in str(error):  # Keras' own refusal of code in a model file
+                raise DogbreedsError(
+                    f"{path} cannot be loaded: it holds Python code (a Lambda layer), which dogbreeds does not run; "
+                    "use a model trained by dogbreeds"
+                ) from None
+            raise damaged(path, f"Keras cannot load it: {said}") from None
+        if image_size is not None and tuple(model.input_shape[1:3]) != (image_size, image_size):
+            size = "x".join(map(str, model.input_shape[1:3]))
+            said = f"it takes {size} px images where {self.config_file} says {image_size} px: another run's model"
+            raise damaged(path, said)
+        return model
 
     @contextmanager
     def lock(self):
@@ -225,18 +265,42 @@ class Run:
             log.warning(f"{self.path} cannot be written ({error.strerror}): {name} not kept, so blend predicts again")
 
     def predictions(self, name: str):
-        """A table saved by `save_predictions`, its columns checked against the run's classes."""
+        """A table saved by `save_predictions`, checked: the run's classes, one row per id, numbers."""
+        import numpy as np
         import pandas as pd
 
         path = self.file(name)
-        frame = pd.read_csv(path, dtype={"id": str})
-        if list(frame.columns) != ["id", *self.classes()]:
-            raise DogbreedsError(f"{path}: its columns are not id and the run's classes; train the run again")
+        try:
+            frame = pd.read_csv(path, dtype={"id": str})
+        except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            raise damaged(path, f"not a readable CSV: {str(error).splitlines()[0]}") from None
+        classes = self.classes()
+        if list(frame.columns) != ["id", *classes]:
+            raise damaged(path, "its columns are not id and the run's classes")
+        values = frame[classes]
+        if frame.empty or frame["id"].isna().any() or frame["id"].duplicated().any():
+            raise damaged(path, "no rows, a missing id, or an id twice")
+        if not all(map(pd.api.types.is_numeric_dtype, values.dtypes)) or not np.isfinite(values.to_numpy()).all():
+            raise damaged(path, "a probability that is missing or not a number: the file was cut short?")
+        if not np.allclose(values.to_numpy().sum(axis=1), 1.0, atol=1e-3):
+            raise damaged(path, "a row whose probabilities do not add up to 1: the file was cut short?")
         return frame
 
     def save_metrics(self, metrics: dict) -> None:
         self.write(self.metrics_file, json.dumps(metrics, indent=2))
 
     def metrics(self) -> dict:
-        path = self.file(self.metrics_file)
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return self.read_json(self.metrics_file) if self.file(self.metrics_file).is_file() else {}
+
+    def history(self, epochs: int | None = None):
+        """The epoch log (history.csv), its first `epochs` rows when given."""
+        import pandas as pd
+
+        path = self.file(self.log_file)
+        try:
+            frame = pd.read_csv(path)
+        except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            raise damaged(path, f"not a readable CSV: {str(error).splitlines()[0]}") from None
+        if not {"epoch", "seconds"} <= set(frame.columns) or len(frame) < (epochs or 0):
+            raise damaged(path, "not an epoch log, or fewer epochs than progress.json says were saved")
+        return frame.head(epochs) if epochs is not None else frame

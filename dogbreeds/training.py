@@ -20,16 +20,17 @@ import pandas as pd
 import tensorflow as tf
 
 from dogbreeds.cache import FeatureCache, HeadInputs, head_inputs, labelled_vectors
-from dogbreeds.competition import Data, labels_digest, prepare_data
+from dogbreeds.competition import Competition, Data, labels_digest, locate_data, prepare_data
 from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import describe, make_strategy, use_precision, user_facing_failures
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.heads import fit_head
 from dogbreeds.images import inspect_images
 from dogbreeds.inference import make_loader, predict
-from dogbreeds.loop import Budget, Phase, Progress, fit_phases
+from dogbreeds.loop import Budget, Phase, Progress, fit_phases, read_progress
 from dogbreeds.metrics import scores
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
+from dogbreeds.places import feature_cache
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
 
@@ -135,11 +136,11 @@ def _finish(
     give; metrics.json and the plot."""
     replicas = strategy.num_replicas_in_sync
     train, val = data.partition(config.fold)
-    best, loader = run.load_model(), make_loader(config.loading, replicas)
+    best, loader = run.load_model(image_size=config.image_size), make_loader(config.loading, replicas)
     held_out = predict(best, loader, val, tta=config.tta, desc="validation images")
     run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, held_out)
     found = {f"val_{k}": v for k, v in scores(held_out, val["label"].to_numpy()).items()}
-    history = pd.read_csv(run.file(Run.log_file))
+    history = run.history()
     n_classes = len(data.competition.classes)
     metrics = found | {
         "uniform_log_loss": math.log(n_classes),
@@ -170,9 +171,22 @@ def train(config: TrainConfig, run_dir: str | None = None, budget: Budget | None
     budget = budget or Budget()
     if config.method == "finetune" and config.image_size is None:  # saved as used, for resume and submit
         config = replace(config, image_size=get_backbone(config.backbone).size)
+    config = _with_absolute_paths(config)
     if config.folds > 1:
         return train_folds(config, run_dir, budget)
     return _train_one(config, run_dir, budget=budget)
+
+
+def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The data, the feature cache and weight files as absolute paths: config.json is read by
+    `submit` and `--resume` from any directory."""
+    weights = [str(Path(w).resolve()) if Path(w).is_file() else w for w in config.weights.split(",")]
+    return replace(
+        config,
+        data=str(locate_data(config.data).resolve()),
+        cache_dir=str(feature_cache(config.cache_dir).resolve()),
+        weights=",".join(weights),
+    )
 
 
 def _train_one(
@@ -288,9 +302,9 @@ def train_features(
 
 
 def _save_fold(run: Run, config: TrainConfig, data: Data) -> None:
-    """A fold folder says which split it belongs to, so folds trained apart are checked when merged."""
-    if config.folds > 1:
-        run.write(Run.fold_file, json.dumps(_fold_identity(config, data) | {"fold": config.fold}, indent=1))
+    """A run says which split it was trained on: folds trained apart are checked when merged, and
+    a run resumed on moved data is checked to have the same labels."""
+    run.write(Run.fold_file, json.dumps(_fold_identity(config, data) | {"fold": config.fold}, indent=1))
 
 
 def _fold_identity(config: TrainConfig, data: Data) -> dict:
@@ -304,7 +318,7 @@ def _fold_finished(run: Run) -> bool:
 
 def _stopped_early(run: Run) -> bool:
     """A fold that --time-budget stopped: it has a model and metrics, but epochs left to train."""
-    return bool(json.loads(run.file(Run.metrics_file).read_text()).get("stopped_by_time_budget"))
+    return bool(run.metrics().get("stopped_by_time_budget"))
 
 
 @dataclass
@@ -390,14 +404,14 @@ def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.Dat
     trained = [i for i, fold in enumerate(root.members, 1) if _fold_finished(fold) and not _stopped_early(fold)]
     fold_metrics = {}
     for i in trained:
-        recorded = json.loads(root.fold(i).file(Run.fold_file).read_text())
+        recorded = root.fold(i).read_json(Run.fold_file)
         theirs = {k: recorded.get(k) for k in identity}
         if theirs != identity or recorded.get("fold") != i:
             raise DogbreedsError(
                 f"{root.fold(i).path} belongs to another split ({theirs}, fold {recorded.get('fold')}) than "
                 f"{root.path} ({identity}, fold {i}); train that fold again with this run's settings"
             )
-        fold_metrics[i] = json.loads(root.fold(i).file(Run.metrics_file).read_text())
+        fold_metrics[i] = root.fold(i).metrics()
     metrics = {
         "folds": config.folds,
         "folds_trained": trained,
@@ -421,13 +435,35 @@ def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.Dat
     return FoldsResult(root, metrics)
 
 
-def resume(run_ref: str, budget: Budget | None = None) -> TrainResult:
+def resume(run_ref: str, budget: Budget | None = None, data: str | None = None) -> TrainResult:
     """Continue a stopped run from its last completed epoch, on the same split; a k-fold run
-    keeps its finished folds, continues or trains the others, and merges them."""
+    keeps its finished folds, continues or trains the others, and merges them. `data`: where the
+    run's competition folder is now (another machine, a kernel's input), its labels unchanged."""
     run = Run.open(run_ref, need_model=False)
+    if data is not None:
+        _move_data(run, data)
     if run.folds > 1:
         return train_folds(TrainConfig.load(run.file(Run.config_file)), run.path, budget)
     return _resume_one(run, budget or Budget())
+
+
+def _move_data(run: Run, data: str) -> None:
+    """Record the run's data at its new place, in the run and its folds, once its labels are
+    checked to be those it was split from: other labels would change its held-out images."""
+    competition = Competition.load(data)
+    digest = labels_digest(competition)
+    members = [run, *(run.members if run.folds > 1 else [])]
+    for member in members:
+        if member.file(Run.fold_file).is_file() and member.read_json(Run.fold_file).get("labels") != digest:
+            raise DogbreedsError(
+                f"{competition.root / 'labels.csv'} is not the labels.csv run {run.path} was split from; "
+                "resume on the data it was trained on"
+            )
+    with run.lock():
+        for member in members:
+            if member.file(Run.config_file).is_file():
+                config = TrainConfig.load(member.file(Run.config_file))
+                member.write(Run.config_file, replace(config, data=str(competition.root.resolve())).to_json())
 
 
 def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResult:
@@ -440,7 +476,7 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
     if not progress_path.is_file() or not run.file(Run.last_file).is_file():  # stopped in its first epoch
         log.info(f"run {run.path} saved no epoch to resume from: training it from the start")
         return _train_one(config, run.path, data, budget=budget, again=True)
-    progress = Progress(**json.loads(progress_path.read_text()))
+    progress = read_progress(run)
     strategy = make_strategy(config.strategy)
     data = data or prepare_data(config.data, config.split)
     if data.competition.classes != run.classes():
@@ -448,7 +484,7 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
     precision = use_precision(config.precision)
     keras.utils.set_random_seed(config.seed + progress.epoch)  # fresh but repeatable draws from here
     with strategy.scope():  # the model's variables, and its optimizer's, live on every replica
-        model = keras.models.load_model(run.file(Run.last_file), safe_mode=True)
+        model = run.load_model(Run.last_file, image_size=config.image_size)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
     with user_facing_failures(config.batch_size, _resume_hint(run)), run.lock(), strategy.scope():
         _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync, budget)
