@@ -307,6 +307,38 @@ def main() -> None:
     code, shown = run("submit", "--run", model_run, "--data", pristine, "--out", existing / "s.csv")
     rows.append(("submit: --out under a file", shown, code))
 
+    # Issue 26, the smaller ones.
+    def sample_changed(change):
+        data = copy()
+        sample = pd.read_csv(data / "sample_submission.csv", dtype={"id": str})
+        change(sample).to_csv(data / "sample_submission.csv", index=False)
+        return data
+
+    reordered = sample_changed(lambda t: t[["id", *reversed(t.columns[1:])]])
+    code, shown = run("submit", "--run", model_run, "--data", reordered, "--out", base / "reordered.csv")
+    header = (base / "reordered.csv").read_text().splitlines()[0] if code == 0 else ""
+    rows.append((f"submit: sample_submission.csv lists the breeds in another order (written: {header})", shown, code))
+    for case, change in {
+        "a test id twice": lambda t: pd.concat([t, t.head(1)]),
+        "a breed column twice": lambda t: t.rename(columns={t.columns[2]: t.columns[1]}),
+    }.items():
+        code, shown = run("submit", "--run", model_run, "--data", sample_changed(change), "--out", base / "twice.csv")
+        rows.append((f"submit: sample_submission.csv with {case}", shown, code))
+    apple = copy()
+    (apple / "sample_submission.csv").unlink()
+    (apple / "test" / f"._{first_test}.jpg").write_bytes(b"\x00\x05\x16\x07")
+    code, shown = run("submit", "--run", model_run, "--data", apple, "--out", base / "apple.csv")
+    rows_written = len(pd.read_csv(base / "apple.csv")) if code == 0 else 0
+    rows.append((f"submit: a ._name.jpg in test/, no sample (rows: {rows_written})", shown, code))
+    photos = base / "photos"
+    photos.mkdir()
+    shutil.copy(test_image(pristine), photos / "mine.jpg")
+    (photos / "outside.jpg").symlink_to(train_image(pristine))
+    code, shown = run("predict", photos, "--run", model_run)
+    rows.append(("predict: a folder with a link to a file outside it", shown, code))
+    code, shown = run("train", "--data", pristine, *TINY, "--precision", "mixed_bfloat16", "--run-dir", base / "bf16")
+    rows.append(("train: --precision mixed_bfloat16 on this CPU", shown, code))
+
     print("| case | what the user sees | exit |\n| --- | --- | --- |")
     for case, shown, code in rows:
         shown = shown.replace(str(base), "$TMP").replace("|", "\\|")

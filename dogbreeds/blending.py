@@ -24,7 +24,7 @@ from scipy.optimize import minimize
 from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, cross_validated, fit_calibration
 from dogbreeds.competition import Competition, readable_test_images
 from dogbreeds.errors import DogbreedsError, log
-from dogbreeds.files import claim_output, probability_table, starts_with, write_atomic
+from dogbreeds.files import claim_output, starts_with, write_atomic
 from dogbreeds.inference import Predictor
 from dogbreeds.metrics import accuracy, clip, log_loss
 from dogbreeds.places import kaggle_submission, submissions_dir
@@ -172,8 +172,8 @@ def blend(
     images = readable_test_images(competition)
     tests = np.stack([_test_predictions(p, competition, images) for p in predictors])
     probabilities = calibration.apply(blended(weights, tests))
-    frame = probability_table(competition.test_ids, classes, probabilities)
-    check_submission(frame, competition.test_ids, classes)
+    frame = competition.submission_table(probabilities)
+    check_submission(frame, competition.test_ids, competition.columns)
     figures["seconds"] = round(time.perf_counter() - started, 2)
     names = [str(run.path) for run in opened]
     record = {

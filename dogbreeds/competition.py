@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
 from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.files import probability_table
 from dogbreeds.images import inspect_images
 from dogbreeds.places import kaggle_competition
 from dogbreeds.settings import Split
@@ -50,6 +51,22 @@ class Competition:
     labels: pd.DataFrame  # columns: id, breed, label (index into classes), path
     test_ids: list[str]
     sample_submission: Path | None
+    columns: list[str] = field(default_factory=list)  # a submission's breed columns: the sample's order
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            object.__setattr__(self, "columns", list(self.classes))
+
+    def ordered_as(self, classes: list[str]) -> "Competition":
+        """The same competition with its classes in a run's order and its labels numbered so;
+        a submission keeps the sample's column order (`columns`)."""
+        index = {breed: i for i, breed in enumerate(classes)}
+        labels = self.labels.assign(label=self.labels["breed"].map(index).astype("int64"))
+        return replace(self, classes=list(classes), labels=labels, columns=self.columns)
+
+    def submission_table(self, probabilities) -> pd.DataFrame:
+        """Probabilities of the test images (columns in `classes` order) laid out as sample_submission.csv."""
+        return probability_table(self.test_ids, self.classes, probabilities)[["id", *self.columns]]
 
     @classmethod
     def load(cls, data: str | Path | None = None, *, need_test: bool = False) -> "Competition":
@@ -129,21 +146,31 @@ def read_labels(path: Path) -> pd.DataFrame:
 def read_sample_submission(path: Path) -> tuple[list[str], list[str]]:
     """Class order = its breed columns as they stand; test rows = its ids in order."""
     try:
-        header = pd.read_csv(path, nrows=0).columns
+        header = pd.read_csv(path, nrows=1, header=None, dtype=str).iloc[0].tolist()  # as written: no "pug.1"
         ids = pd.read_csv(path, usecols=[0], dtype=str, keep_default_na=False).iloc[:, 0].tolist()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
         raise DogbreedsError(f"{path} is not a readable CSV ({error}); it should be id,<breed>,...") from None
     if len(header) < 3 or header[0] != "id":
         raise DogbreedsError(f"{path}: the header must be id followed by at least two breed columns")
+    twice = pd.Series(header)[pd.Series(header).duplicated()]
+    if len(twice):  # pandas would read the second as "pug.1"
+        raise DogbreedsError(f"{path}: the column {twice.iloc[0]} appears twice; keep one column per breed")
     for value in ids:
         _check_id(value, path)
+    repeated = pd.Series(ids)[pd.Series(ids).duplicated()]
+    if len(repeated):
+        raise DogbreedsError(
+            f"{path}: the test id {repeated.iloc[0]} appears twice ({len(repeated)} repeated in all); "
+            "keep one row per image"
+        )
     return list(header[1:]), ids
 
 
 def list_test_ids(folder: Path) -> list[str]:
+    """The test images of a folder: .jpg files, not hidden ones (macOS's `._name.jpg` are not photos)."""
     if not folder.is_dir():
         return []
-    return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == IMAGE_SUFFIX)
+    return sorted(p.stem for p in folder.iterdir() if p.suffix.lower() == IMAGE_SUFFIX and not p.name.startswith("."))
 
 
 def stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:

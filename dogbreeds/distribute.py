@@ -13,6 +13,7 @@ import functools
 import glob
 import os
 from contextlib import contextmanager
+from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -118,8 +119,25 @@ def use_precision(precision: str, *, quiet: bool = False) -> str:
         precision, reason = auto_precision(bool(tf.config.list_logical_devices("TPU")), _gpus())
         if not quiet:
             log.info(f"precision: {precision} ({reason})")
+    on_cpu = not tf.config.list_logical_devices("TPU") and not _gpus()
+    if precision == "mixed_bfloat16" and on_cpu and not cpu_has_bf16():
+        log.warning(
+            "this CPU has no bfloat16 instructions (avx512_bf16, amx_bf16): mixed_bfloat16 is emulated and many "
+            "times slower here; use --precision float32"
+        )
     keras.mixed_precision.set_global_policy(precision)
     return precision
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU computes bfloat16 itself (x86: AVX512-BF16 or AMX; others: assumed so)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:  # macOS and others: nothing to read, nothing said
+        return True
+    if "flags" not in info:  # not x86
+        return True
+    return any(flag in info.split() for flag in ("avx512_bf16", "amx_bf16"))
 
 
 @contextmanager

@@ -81,13 +81,16 @@ def predict(
     return np.asarray(probabilities[: len(images)], dtype=np.float64)  # without a loader's padding
 
 
-def check_classes(run: Run, competition: Competition) -> None:
+def check_classes(run: Run, competition: Competition) -> Competition:
+    """The competition in the run's class order: the same breeds listed in another order are the
+    same competition (a submission keeps the sample's order); other breeds are refused."""
     classes = run.classes()
-    if classes != competition.classes:
+    if sorted(classes) != sorted(competition.classes):
         raise DogbreedsError(
             f"run {run.path} was trained on {len(classes)} classes that differ from the "
             f"{len(competition.classes)} of {competition.root}; pass the --data it was trained on"
         )
+    return competition.ordered_as(classes)
 
 
 @dataclass
@@ -130,8 +133,7 @@ class Predictor:
     def competition(self, data: str | Path | None = None, *, need_test: bool = False) -> Competition:
         """The run's competition (or `data`), checked to have the classes the model was trained on."""
         competition = Competition.load(data if data is not None else self.settings.data, need_test=need_test)
-        check_classes(self.run, competition)
-        return competition
+        return check_classes(self.run, competition)
 
     def predict(self, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict", strategy=None) -> np.ndarray:
         """Raw probabilities (no calibration, no clipping) for a frame of images, in its order."""

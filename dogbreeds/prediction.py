@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.images import inspect_images
 from dogbreeds.inference import Predictor
 
@@ -33,9 +33,12 @@ def image_paths(inputs: list[str | Path]) -> list[Path]:
                 for p in given.rglob("*")
                 if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file() and not p.name.startswith(".")
             )
-            if not found:
+            inside = [p for p in found if p.resolve().is_relative_to(given.resolve())]
+            if len(inside) < len(found):  # a link out of the folder is not one of its photos
+                log.warning(f"{given}: skipped {len(found) - len(inside)} link(s) to files outside it")
+            if not inside:
                 raise DogbreedsError(f"{given} holds no .jpg, .jpeg or .png files; pass a folder of photos")
-            paths.extend(found)
+            paths.extend(inside)
         elif given.is_file():
             paths.append(given)
         else:

@@ -18,7 +18,7 @@ from dogbreeds.calibration import Calibration
 from dogbreeds.competition import readable_test_images
 from dogbreeds.distribute import make_strategy
 from dogbreeds.errors import DogbreedsError
-from dogbreeds.files import claim_output, probability_table, starts_with, table_csv, write_atomic
+from dogbreeds.files import claim_output, starts_with, table_csv, write_atomic
 from dogbreeds.inference import Predictor
 from dogbreeds.places import kaggle_submission, submissions_dir
 from dogbreeds.runs import Run
@@ -96,8 +96,8 @@ def submit(
     calibrated = predictor.calibrated(raw, calibrate=calibrate, tta=tta)
     probabilities = calibrated.probabilities
 
-    frame = probability_table(competition.test_ids, classes, probabilities)
-    check_submission(frame, competition.test_ids, classes)
+    frame = competition.submission_table(probabilities)
+    check_submission(frame, competition.test_ids, competition.columns)
     write_csv(frame, out, also)
     winners = pd.Series(np.asarray(classes)[probabilities.argmax(axis=1)]).value_counts().head(3)
     return SubmitResult(

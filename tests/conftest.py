@@ -7,6 +7,7 @@ Nothing here needs the network or ../shared.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -23,6 +24,23 @@ def competition(tmp_path_factory):
     return make_competition(
         tmp_path_factory.mktemp("competition"), n_classes=3, train_per_class=16, n_test=9, image_size=48
     )
+
+
+@pytest.fixture(scope="session")
+def one_epoch_run(competition, tmp_path_factory):
+    """A tiny run of one frozen and one fine-tuning epoch, trained once for the session; use
+    `tiny_run`, which hands each module a copy of its own to change."""
+    from helpers import train_tiny
+
+    run = tmp_path_factory.mktemp("template") / "run"
+    train_tiny(competition, run, epochs=1, fine_tune_epochs=1)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(one_epoch_run, tmp_path_factory):
+    """A module's own copy of the session's one-epoch run."""
+    return shutil.copytree(one_epoch_run, tmp_path_factory.mktemp("runs") / "tiny")
 
 
 @pytest.fixture(autouse=True)

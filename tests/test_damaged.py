@@ -17,14 +17,12 @@ import pytest
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.runs import Run
 
-from helpers import TINY, dogbreeds, train_tiny
+from helpers import TINY, dogbreeds
 
 
 @pytest.fixture(scope="module")
-def run(competition, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("damaged") / "run"
-    train_tiny(competition, folder, epochs=1, fine_tune_epochs=1)
-    return folder
+def run(tiny_run):
+    return tiny_run
 
 
 def edit_json(name: str, change):

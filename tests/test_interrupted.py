@@ -41,11 +41,8 @@ def hidden(folder):
 
 
 @pytest.fixture(scope="module")
-def trained(competition, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    result = dogbreeds("train", "--data", competition, *TINY, "--epochs", 1, "--fine-tune-epochs", 1, "--run-dir", run)
-    assert result.returncode == 0, result.stderr
-    return run
+def trained(tiny_run):
+    return tiny_run
 
 
 def test_the_next_command_sweeps_what_killed_ones_left(trained, competition, tmp_path):

@@ -20,7 +20,7 @@ from dogbreeds.pipeline import TFDataLoader
 from dogbreeds.runs import Run
 from dogbreeds.settings import Augmentation
 
-from helpers import TINY, dogbreeds, train_tiny
+from helpers import TINY, dogbreeds
 
 HOLD_THE_LOCK = """
 import sys, time
@@ -32,10 +32,8 @@ with Run(__import__("pathlib").Path(sys.argv[1])).lock():
 
 
 @pytest.fixture(scope="module")
-def run(competition, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("owned") / "run"
-    train_tiny(competition, folder, epochs=1, fine_tune_epochs=1)
-    return folder
+def run(tiny_run):
+    return tiny_run
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

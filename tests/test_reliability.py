@@ -156,12 +156,6 @@ def test_without_sample_submission_training_says_what_it_uses(fresh, tmp_path):
     assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["beagle", "pug", "sheltie"]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(competition, tmp_path_factory):
-    run = tmp_path_factory.mktemp("runs") / "tiny"
-    result = dogbreeds("train", "--data", competition, *TINY, "--epochs", 1, "--fine-tune-epochs", 1, "--run-dir", run)
-    assert result.returncode == 0, result.stderr
-    return run
 
 
 def test_submit_stops_on_an_unreadable_test_image_before_writing(tiny_run, competition, tmp_path):
