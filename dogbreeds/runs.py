@@ -270,10 +270,7 @@ class Run:
         import pandas as pd
 
         path = self.file(name)
-        try:
-            frame = pd.read_csv(path, dtype={"id": str})
-        except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as error:
-            raise damaged(path, f"not a readable CSV: {str(error).splitlines()[0]}") from None
+        frame = _read_table(path, dtype={"id": str})
         classes = self.classes()
         if list(frame.columns) != ["id", *classes]:
             raise damaged(path, "its columns are not id and the run's classes")
@@ -294,13 +291,18 @@ class Run:
 
     def history(self, epochs: int | None = None):
         """The epoch log (history.csv), its first `epochs` rows when given."""
-        import pandas as pd
-
         path = self.file(self.log_file)
-        try:
-            frame = pd.read_csv(path)
-        except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as error:
-            raise damaged(path, f"not a readable CSV: {str(error).splitlines()[0]}") from None
+        frame = _read_table(path)
         if not {"epoch", "seconds"} <= set(frame.columns) or len(frame) < (epochs or 0):
             raise damaged(path, "not an epoch log, or fewer epochs than progress.json says were saved")
         return frame.head(epochs) if epochs is not None else frame
+
+
+def _read_table(path: Path, **options):
+    """A CSV the package wrote, or the line naming it damaged."""
+    import pandas as pd
+
+    try:
+        return pd.read_csv(path, **options)
+    except (ValueError, UnicodeDecodeError, pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+        raise damaged(path, f"not a readable CSV: {str(error).splitlines()[0]}") from None
