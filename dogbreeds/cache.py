@@ -32,6 +32,7 @@ import tensorflow as tf
 from numpy.lib.format import open_memmap
 from tqdm.auto import tqdm
 
+from dogbreeds import hub
 from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.files import sweep, temporary_sibling, write_atomic
 from dogbreeds.models import build_backbone, get_backbone
@@ -75,9 +76,11 @@ class FeatureSpec:
     seed: int = 42
 
     def identity(self) -> dict:
-        weights = self.weights
+        weights, preset = self.weights, get_backbone(self.backbone).preset
         if weights.lower() == "none":
             weights = f"none/seed-{self.seed}"  # random weights are only repeatable for one seed
+        elif preset is not None:  # the preset's files, wherever they were found
+            weights = hub.digest_files(hub.preset_folder(preset, weights))
         elif weights != "imagenet":
             weights = "sha256:" + _file_digest(weights)  # the content, wherever the file lies
         identity = {
@@ -87,7 +90,7 @@ class FeatureSpec:
             "backbone": self.backbone,
             "weights": weights,
             "image_size": self.image_size,
-            "preprocessing": f"{get_backbone(self.backbone).preprocess.__module__}.preprocess_input",
+            "preprocessing": get_backbone(self.backbone).preprocessing,
             "precision": keras.mixed_precision.global_policy().name,  # bfloat16 vectors differ from float32 ones
             "view": view_name(self.view),
         }
@@ -104,7 +107,10 @@ def pooled_backbone(spec: FeatureSpec) -> keras.Model:
     """The backbone whose pooled vectors a cache entry holds: preprocessed images in, vectors out."""
     keras.utils.set_random_seed(spec.seed)  # `--weights none` draws the same network each time
     backbone = build_backbone(spec.backbone, spec.weights, spec.image_size)
-    pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(backbone.output)
+    pooled = backbone.output
+    if len(pooled.shape) == 4:  # a CNN's feature map; a KerasHub backbone pools its own tokens
+        pooled = keras.layers.GlobalAveragePooling2D(dtype="float32")(pooled)
+    pooled = keras.layers.Activation("linear", dtype="float32")(pooled)  # float32 vectors under mixed precision
     return keras.Model(backbone.input, pooled, name=f"{spec.backbone}_features")
 
 

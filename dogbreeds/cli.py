@@ -101,6 +101,13 @@ def _show_messages() -> None:
     log.propagate = False
 
 
+def _keep_stdout_for_json() -> None:
+    """--json: progress lines (which weights were loaded, ...) go to stderr, so stdout parses."""
+    for handler in log.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
+
+
 @app.callback()
 def _before_any_command(
     ctx: typer.Context,
@@ -203,6 +210,8 @@ def predict(
     from dogbreeds.prediction import predict_images
 
     o = PredictOptions(**options)
+    if o.json:
+        _keep_stdout_for_json()
     result = predict_images(images, o.run, top=o.top, tta=o.tta, calibrate=o.calibrate, batch_size=o.batch_size)
     typer.echo(result.calibration_note, err=o.json)  # stdout stays pure JSON lines
     typer.echo(result.text(o.json))
@@ -276,6 +285,8 @@ def bench(
     from dogbreeds.bench import bench as run_bench
 
     o = PredictOptions(**options)
+    if o.json:
+        _keep_stdout_for_json()
     result = run_bench(
         data,
         image_size=image_size,
@@ -311,14 +322,15 @@ def cifar(
 
 @app.command()
 def backbones():
-    """List the registered backbones: parameters, native and default input size, what their weights saw."""
+    """List the registered backbones: parameters, native and default input size, what their weights saw,
+    and how their output becomes one vector (GAP of a CNN's map; a transformer's tokens pooled)."""
     from dogbreeds.models import BACKBONES
 
-    typer.echo(f"{'backbone':22s} {'parameters':>12s} {'native':>7s} {'size':>7s}  pretrained on")
+    typer.echo(f"{'backbone':32s} {'parameters':>10s} {'native':>7s} {'size':>7s}  {'pooling':8s}  pretrained on")
     for spec in BACKBONES.values():
         typer.echo(
-            f"{spec.name:22s} {spec.parameters / 1e6:11.1f}M {spec.native_size:5d}px {spec.size:5d}px  "
-            f"{spec.pretraining}"
+            f"{spec.name:32s} {spec.parameters / 1e6:9.1f}M {spec.native_size:5d}px {spec.size:5d}px  "
+            f"{spec.pooling:8s}  {spec.pretraining}"
         )
 
 
@@ -327,14 +339,30 @@ def weights(
     names: list[str] = typer.Argument(..., help="Backbones (see `dogbreeds backbones`)."),
     image_size: Optional[int] = typer.Option(None, help="Input size (MobileNetV2: a file per size). Default: native."),
     download: Optional[Path] = typer.Option(
-        None, "--download", help="Download each file without the top into this folder, to attach as a Kaggle dataset."
+        None, "--download", help="Download each backbone's weights into this folder, to attach as a Kaggle dataset."
     ),
 ):
-    """The ImageNet weights files `--weights imagenet` looks for offline, with their URLs."""
+    """Where `--weights imagenet` finds each backbone's weights offline: keras.applications' files
+    with their URLs, or the Kaggle Model of a KerasHub preset and the folders it looks in."""
+    from dogbreeds import hub
     from dogbreeds.models import download_imagenet, get_backbone
+    from dogbreeds.places import kaggle_root
 
     for name in names:
         spec = get_backbone(name)
+        if spec.preset:
+            preset = spec.preset
+            found = hub.places(preset)
+            typer.echo(
+                f"{name}: the KerasHub preset of Kaggle Model {preset.handle} (attach it: Add Input > Models)\n"
+                f"  https://www.kaggle.com/models/{preset.handle}\n"
+                f"  looked in {hub.kagglehub_cache() / 'models' / preset.handle}"
+                + (f" and under {kaggle_root() / 'input'}" if kaggle_root() else "")
+                + (f": found {found[0]}" if found else ": not there")
+            )
+            if download is not None:
+                typer.echo(f"  downloaded {hub.download(preset, download)}")
+            continue
         size = image_size or spec.native_size
         urls = spec.imagenet_urls(size)
         typer.echo(f"{name} at {size} px:" + ("" if urls else " no ImageNet weights"))

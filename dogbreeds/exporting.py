@@ -29,7 +29,7 @@ from dogbreeds.cache import backbone_specs, pooled_backbone
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.files import claim_output, temporary_sibling
 from dogbreeds.inference import Predictor
-from dogbreeds.models import get_backbone
+from dogbreeds.models import Affine, get_backbone
 
 FORMATS = ("savedmodel", "tflite", "keras")
 RECORD = "export.json"  # what an export holds, and the mark by which --force knows it wrote the folder
@@ -47,12 +47,19 @@ def preprocessing(backbone: str, name: str) -> layers.Dense:
     with safe_mode=False; a Dense layer loads anywhere, and converts to TFLite as it is.
     """
     preprocess = get_backbone(backbone).preprocess
+    if isinstance(preprocess, Affine):  # a KerasHub backbone's preprocessing is data already
+        matrix, offset = np.diag(preprocess.scale).astype("float32"), np.asarray(preprocess.offset, "float32")
+        return _fixed_dense(matrix, offset, name)
     probes = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
     mapped = np.asarray(preprocess(probes.copy()), np.float32)
     offset, matrix = mapped[0], mapped[1:] - mapped[0]
     pixels = np.random.default_rng(0).uniform(0, 255, (64, 3)).astype(np.float32)
     if not np.allclose(pixels @ matrix + offset, np.asarray(preprocess(pixels.copy())), atol=1e-4):
         raise DogbreedsError(f"the preprocessing of {backbone} is not a map of each pixel's channels; it cannot export")
+    return _fixed_dense(matrix, offset, name)
+
+
+def _fixed_dense(matrix: np.ndarray, offset: np.ndarray, name: str) -> layers.Dense:
     dense = layers.Dense(3, dtype="float32", trainable=False, name=name)
     dense.build((None, 3))
     dense.set_weights([matrix, offset])

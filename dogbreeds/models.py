@@ -1,4 +1,7 @@
-"""Backbones by name, the classification head, and weights from ImageNet, a file, or none."""
+"""Backbones by name, the classification head, and weights from ImageNet, a file, or none.
+
+One registry holds keras.applications' CNNs and KerasHub's foundation models (`dogbreeds.hub`):
+everything that takes a backbone takes either, by name."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ from pathlib import Path
 from typing import Callable
 
 import keras
+import numpy as np
 from keras import layers
 
+from dogbreeds import hub
 from dogbreeds.errors import DogbreedsError, log
 from dogbreeds.places import kaggle_root
 
@@ -34,6 +39,24 @@ class Backbone:
     imagenet: str = ""  # keras.applications' ImageNet file without the top, under GOOGLE_STORAGE ("": none)
     imagenet_sizes: tuple[int, ...] = ()  # input sizes with a file each ({rows}); other sizes take the last
     default_size: int | None = None  # what --image-size defaults to, where not the native size
+    preset: hub.Preset | None = None  # a KerasHub model: its preset, family, pooling and sizes
+
+    @property
+    def library(self) -> str:
+        return "keras_hub" if self.preset else "keras.applications"
+
+    @property
+    def pooling(self) -> str:
+        """How the network's output becomes one vector: GAP for a CNN's feature map."""
+        return self.preset.family.pooling if self.preset else "avg"
+
+    @property
+    def preprocessing(self) -> str:
+        """The preprocessing by name, part of a feature cache entry's identity."""
+        if self.preset:
+            family = self.preset.family
+            return f"{family.name}: (pixels/255 - {list(family.mean)}) / {list(family.std)}"
+        return f"{self.preprocess.__module__}.preprocess_input"
 
     @property
     def size(self) -> int:
@@ -136,6 +159,58 @@ def _tiny_cnn(include_top=False, weights=None, input_shape=None) -> keras.Model:
 register(Backbone("tiny_cnn", _tiny_cnn, apps.mobilenet_v2.preprocess_input, 64, parameters=61_040, pretraining="none"))
 
 
+@dataclass(frozen=True)
+class Affine:
+    """KerasHub's ImageConverter without its resizing: pixels in [0, 255] times scale plus offset."""
+
+    scale: tuple[float, ...]
+    offset: tuple[float, ...]
+
+    def __call__(self, pixels):
+        return pixels * np.asarray(self.scale, "float32") + np.asarray(self.offset, "float32")
+
+
+def _not_applications(**_):
+    raise AssertionError("a KerasHub backbone is built by dogbreeds.hub")  # build_backbone dispatches first
+
+
+# Parameters of the image encoder alone (a CLIP or SigLIP preset also holds its text encoder),
+# counted on the architecture built with random weights (benchmarks/hub_backbones.py).
+HUB_PARAMETERS: dict[str, int] = {
+    "dinov2_small": 22_155_264,
+    "dinov2_base": 86_777_856,
+    "dinov2_large": 304_631_808,
+    "dinov2_giant": 1_136_875_520,
+    "dinov2_with_registers_small": 22_156_800,
+    "dinov2_with_registers_base": 86_780_928,
+    "dinov2_with_registers_large": 304_635_904,
+    "dinov2_with_registers_giant": 1_136_881_664,
+    "dinov3_vit_small_lvd1689m": 21_596_544,
+    "dinov3_vit_base_lvd1689m": 85_660_416,
+    "dinov3_vit_large_lvd1689m": 303_129_600,
+    "siglip_large_patch16_384": 316_284_480,
+    "siglip_so400m_patch14_384": 428_226_329,
+    "siglip2_large_patch16_384": 316_284_480,
+    "siglip2_so400m_patch14_384": 428_226_329,
+    "clip_vit_large_patch14_336": 303_508_033,
+    "vit_large_patch16_384_imagenet": 303_690_752,
+    "swin_large_patch4_window12_384": 195_198_516,
+}
+for _preset in hub.PRESETS.values():
+    register(
+        Backbone(
+            _preset.name,
+            _not_applications,
+            Affine(tuple(_preset.family.scale.tolist()), tuple(_preset.family.offset.tolist())),
+            _preset.native_size,
+            _preset.patch,
+            HUB_PARAMETERS.get(_preset.name, 0),
+            _preset.pretraining,
+            preset=_preset,
+        )
+    )
+
+
 def get_backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise DogbreedsError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
@@ -208,9 +283,7 @@ def download_imagenet(name: str, image_size: int, folder: Path) -> Path:
     try:
         return Path(keras.utils.get_file(url.rsplit("/", 1)[1], url, cache_subdir="", cache_dir=folder))
     except Exception as error:  # Keras raises bare Exception for a failed download
-        raise DogbreedsError(
-            f"could not download {url} ({_reason(error)}); run this where there is internet"
-        ) from None
+        raise DogbreedsError(f"could not download {url} ({_reason(error)}); run this where there is internet") from None
 
 
 def _imagenet_backbone(spec: Backbone, path: Path, input_shape: tuple) -> keras.Model:
@@ -229,6 +302,8 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
     spec = get_backbone(name)
     if image_size < spec.min_size:
         raise DogbreedsError(f"{name} needs --image-size of at least {spec.min_size}, got {image_size}")
+    if spec.preset:
+        return hub.hub_backbone(spec.preset, weights, image_size)
     source = _weights_argument(weights)
     shape = (image_size, image_size, 3)
     try:
@@ -263,7 +338,8 @@ def build_classifier(
     hidden_units: int = 0,
     pretrained: bool = True,
 ) -> keras.Model:
-    """Backbone, then GlobalAveragePooling2D, BatchNormalization, Dropout, [Dense], Dense softmax.
+    """Backbone, then GlobalAveragePooling2D (a CNN's map; a KerasHub backbone pools its own
+    tokens), BatchNormalization, Dropout, [Dense], Dense softmax.
 
     A pretrained backbone is called with training=False so that its BatchNormalization layers
     stay in inference mode even while fine-tuning: their ImageNet statistics survive small
@@ -272,7 +348,8 @@ def build_classifier(
     """
     inputs = keras.Input(backbone.input_shape[1:], name="image")
     x = backbone(inputs, training=False if pretrained else None)
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    if len(x.shape) == 4:
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.BatchNormalization(name="head_norm")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     if hidden_units:

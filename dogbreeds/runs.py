@@ -185,6 +185,12 @@ class Run:
         path = self.file(name)
         if not zipfile.is_zipfile(path):  # Keras says "File not found" of an empty or cut-short file
             raise damaged(path, "not a Keras model file: empty, cut short or overwritten")
+        with zipfile.ZipFile(path) as archive:
+            holds_hub = "config.json" in archive.namelist() and b'"keras_hub' in archive.read("config.json")
+        if holds_hub:  # a KerasHub backbone's classes are known to Keras once keras_hub is imported
+            from dogbreeds.hub import import_keras_hub
+
+            import_keras_hub()
         try:
             model = keras.models.load_model(path, safe_mode=True)
         # Keras raises any of these for a file whose archive is whole but whose contents are not

@@ -76,3 +76,52 @@ def predicting_model(path, classes: int = 3) -> keras.Model:
     assert p.shape == (4, classes) and np.isfinite(p).all(), (path, p)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
     return model
+
+
+# Tiny random models of each KerasHub family, saved as KerasHub saves a preset: the folder a
+# Kaggle Model or `--weights DIR` holds. Their sizes fit the families' rules (multiples of the
+# patch size; the native-only families take the size they were saved at).
+HUB_TINY = {  # family: (a registry name of that family, image size, pooled width)
+    "dinov2": ("dinov2_small", 56, 64),
+    "dinov3": ("dinov3_vit_small_lvd1689m", 64, 64),
+    "siglip": ("siglip_so400m_patch14_384", 56, 32),
+    "clip": ("clip_vit_large_patch14_336", 56, 32),
+    "vit": ("vit_large_patch16_384_imagenet", 64, 32),
+    "swin": ("swin_large_patch4_window12_384", 64, 32),
+}
+
+
+def tiny_preset(family: str, folder) -> str:
+    """A random model of `family` saved with `save_to_preset` into `folder`, with the image
+    converter its real presets carry; returns the registry name it stands in for."""
+    import keras_hub
+    from keras_hub import layers as hub_layers
+    from keras_hub import models as hub
+
+    from dogbreeds.hub import FAMILIES
+
+    name, size, _ = HUB_TINY[family]
+    keras.utils.set_random_seed(0)
+    shape, small = (size, size, 3), dict(num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=64)
+    text = dict(vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64)
+    if family == "dinov2":
+        model = hub.DINOV2Backbone(patch_size=14, image_shape=shape, position_embedding_shape=shape, **small)
+    elif family == "dinov3":
+        model = hub.DINOV3Backbone(patch_size=16, image_shape=shape, **small)
+    elif family == "siglip":
+        vision = hub.SigLIPVisionEncoder(patch_size=14, image_shape=shape, **small)
+        model = hub.SigLIPBackbone(vision, hub.SigLIPTextEncoder(**text, max_sequence_length=8))
+    elif family == "clip":
+        vision = hub.CLIPVisionEncoder(patch_size=14, image_shape=shape, **small)
+        model = hub.CLIPBackbone(vision, hub.CLIPTextEncoder(**text, max_sequence_length=8), projection_dim=16)
+    elif family == "vit":
+        model = hub.ViTBackbone(shape, 16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+    else:
+        model = hub.SwinTransformerBackbone(shape, embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=4)
+    model.save_to_preset(str(folder))
+    converters = {"dinov2": "DINOV2", "dinov3": "DINOV3", "siglip": "SigLIP", "clip": "CLIP", "vit": "ViT"}
+    converter = getattr(hub_layers, converters.get(family, "SwinTransformer") + "ImageConverter")
+    scale, offset = FAMILIES[family].scale.tolist(), FAMILIES[family].offset.tolist()
+    converter(image_size=(size, size), scale=scale, offset=offset).save_to_preset(str(folder))
+    assert keras_hub.models.Backbone.from_preset(str(folder)) is not None
+    return name
