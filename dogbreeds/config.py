@@ -183,6 +183,12 @@ class TrainConfig:
         shown_default="recipe",
     )
     ema_momentum: float = option(0.99, "--ema: the average's momentum per step.", within=(0, 1, "()"))
+    layer_decay: float = option(
+        1.0,
+        "KerasHub transformers: while fine-tuning, block k of L learns at layer_decay^(L+1-k) of the rate, the "
+        "embeddings least (1: one rate for all).",
+        within=(0, 1, "(]"),
+    )
     cache_dir: str = option("cache", "features: where extracted features are cached.")
     augmentation: Augmentation = field(default_factory=Augmentation)
     batch_augmentation: BatchAugmentation = field(default_factory=BatchAugmentation)

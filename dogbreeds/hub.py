@@ -354,6 +354,24 @@ def hub_backbone(preset: Preset, weights: str, image_size: int) -> keras.Model:
     return keras.Model(images, vector, name=preset.name)
 
 
+BLOCK = re.compile(r"^(.*?(?:layers|transformer_block|encoder_block|blocks)_\d+)/")  # one transformer block
+
+
+def layer_decay_factors(backbone: keras.Model, decay: float) -> dict[str, float]:
+    """Each trainable variable's share of the fine-tuning rate under layer-wise decay: block k of
+    L (in the order the model runs them) gets decay^(L+1-k), the embeddings before the first
+    block decay^(L+1), what follows the last (final norm, SigLIP's pooling head) the full rate;
+    a variable between blocks (Swin's patch merging) goes with the block before it."""
+    paths = [variable.path for variable in backbone.trainable_variables]
+    blocks = list(dict.fromkeys(match.group(1) for path in paths if (match := BLOCK.match(path))))
+    depth, seen, factors = {block: k for k, block in enumerate(blocks, 1)}, 0, {}
+    for path in paths:
+        match = BLOCK.match(path)
+        seen = depth[match.group(1)] if match else (len(blocks) + 1 if seen == len(blocks) else seen)
+        factors[path] = decay ** (len(blocks) + 1 - seen)
+    return factors
+
+
 def download(preset: Preset, folder: Path) -> Path:
     """The preset's files in `folder`/<name>: a dataset to attach to an offline kernel."""
     try:

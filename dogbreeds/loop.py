@@ -220,6 +220,31 @@ class KeepToBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+@keras.saving.register_keras_serializable("dogbreeds")
+class LayerwiseAdam(keras.optimizers.Adam):
+    """Adam whose learning rate is scaled per variable (by its path): layer-wise decay.
+
+    Keras has no parameter groups; every backend's apply step calls `update_step` once per
+    variable with the rate of that step, so scaling the rate there scales that variable alone.
+    (The TensorFlow backend hands it the backend's variable, so the factor is found by index.)
+    """
+
+    def __init__(self, *args, rate_factors: dict[str, float] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rate_factors = dict(rate_factors or {})
+
+    def build(self, variables):
+        super().build(variables)
+        self._factors = [self.rate_factors.get(variable.path, 1.0) for variable in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factors[self._get_variable_index(variable)]
+        return super().update_step(gradient, variable, learning_rate * factor if factor != 1.0 else learning_rate)
+
+    def get_config(self):
+        return super().get_config() | {"rate_factors": self.rate_factors}
+
+
 @dataclass
 class Phase:
     """A stretch of training with its own optimizer: what the loop needs to run it or resume it."""

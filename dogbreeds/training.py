@@ -25,9 +25,10 @@ from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import describe, make_strategy, use_precision, user_facing_failures
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.heads import fit_head
+from dogbreeds.hub import layer_decay_factors
 from dogbreeds.images import inspect_images
 from dogbreeds.inference import make_loader, predict
-from dogbreeds.loop import Budget, Phase, Progress, fit_phases, read_progress
+from dogbreeds.loop import Budget, LayerwiseAdam, Phase, Progress, fit_phases, read_progress
 from dogbreeds.metrics import scores
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.places import feature_cache
@@ -94,6 +95,9 @@ def competition_phases(
                     warmup_steps=warmup,
                 )
             ema = config.ema and fine_tuning
+            if fine_tuning and config.layer_decay < 1:
+                factors = layer_decay_factors(backbone, config.layer_decay)
+                return LayerwiseAdam(rate_at, use_ema=ema, ema_momentum=config.ema_momentum, rate_factors=factors)
             return keras.optimizers.Adam(rate_at, use_ema=ema, ema_momentum=config.ema_momentum)
 
         return make
@@ -189,6 +193,21 @@ def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
     )
 
 
+def _check_backbone_options(config: TrainConfig) -> None:
+    """Options that mean something for one library's backbones only are refused for the other's."""
+    transformer = get_backbone(config.backbone).preset is not None
+    if transformer and config.fine_tune_layers is not None:
+        raise DogbreedsError(
+            f"--fine-tune-layers counts a CNN's layers; {config.backbone} fine-tunes whole (with --layer-decay "
+            "to slow its lower blocks): drop --fine-tune-layers"
+        )
+    if not transformer and config.layer_decay < 1:
+        raise DogbreedsError(
+            f"--layer-decay scales a KerasHub transformer's blocks; {config.backbone} is a CNN: drop --layer-decay "
+            "or use --fine-tune-layers"
+        )
+
+
 def _train_one(
     config: TrainConfig,
     run_dir: str | Path | None,
@@ -202,6 +221,7 @@ def _train_one(
     budget = budget or Budget()
     if config.method == "features":
         return train_features(config, run_dir, data, inputs, again)
+    _check_backbone_options(config)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
     data = data or prepare_data(config.data, config.split)
     keras.utils.set_random_seed(config.seed)

@@ -196,3 +196,29 @@ def test_fine_tuning_a_transformer_then_predict_and_export_agree(presets, compet
     assert len(history) == 2 and history["val_loss"].notna().all()
     paths = sorted((competition / "test").glob("*.jpg"))[:4]
     np.testing.assert_allclose(exported(run, tmp_path / "export", 64, paths), predicted(run, paths), atol=2e-6)
+
+
+def test_layer_decay_gives_each_block_its_share_of_the_rate(presets):
+    factors = hub.layer_decay_factors(build_backbone("dinov2_small", str(presets["dinov2"]), 56), 0.5)
+    assert factors["dinov2_backbone_embeddings/cls_token"] == 0.5**3  # two blocks: embeddings, 1, 2, final norm
+    assert factors["dinov2_backbone_encoder/layers_0/attention/attention/query/kernel"] == 0.5**2
+    assert factors["dinov2_backbone_encoder/layers_1/attention/attention/query/kernel"] == 0.5
+    assert factors["dinov2_backbone_layernorm/gamma"] == 1.0
+    swin = hub.layer_decay_factors(build_backbone("swin_large_patch4_window12_384", str(presets["swin"]), 64), 0.5)
+    assert sorted(set(swin.values())) == [0.5**k for k in range(5, -1, -1)]  # four blocks in two stages
+
+
+def test_layerwise_adam_moves_each_variable_by_its_share_of_the_rate():
+    from dogbreeds.loop import LayerwiseAdam
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    kernel, bias = (v.path for v in model.trainable_variables)
+    model.compile(LayerwiseAdam(0.01, rate_factors={kernel: 0.25}), "mse")
+    before = [v.numpy().copy() for v in model.trainable_variables]
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    model.train_on_batch(x, np.ones((8, 3), "float32"))
+    moved = [np.abs(v.numpy() - b) for v, b in zip(model.trainable_variables, before)]
+    np.testing.assert_allclose(moved[0], 0.0025, rtol=1e-3)  # Adam's first step is the rate times the sign
+    np.testing.assert_allclose(moved[1], 0.01, rtol=1e-3)
+    assert LayerwiseAdam.from_config(model.optimizer.get_config()).rate_factors == {kernel: 0.25}
