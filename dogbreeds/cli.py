@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typer.core import TyperGroup
 
 from dogbreeds.cifar.config import CifarConfig, model_names
 from dogbreeds.config import IMAGE_SIZE_HELP, PredictOptions, TrainConfig
-from dogbreeds.errors import DogbreedsError, from_environment, log
+from dogbreeds.errors import DogbreedsError, from_environment, log, native_stderr
 from dogbreeds.options import flag_of, from_options, is_flag, option_fields
 from dogbreeds.settings import PRECISIONS
 
@@ -75,18 +74,11 @@ app = typer.Typer(
 def _import_tensorflow_quietly() -> None:
     if "tensorflow" in sys.modules:
         return
-    with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        captured.seek(0)
-        for line in captured.read().decode(errors="replace").splitlines():
-            if not _IMPORT_NOISE.match(line):
-                print(line, file=sys.stderr)
+    with native_stderr() as lines:
+        import tensorflow  # noqa: F401
+    for line in lines:
+        if not _IMPORT_NOISE.match(line):
+            print(line, file=sys.stderr)
 
 
 def _show_messages() -> None:

@@ -2,8 +2,28 @@
 
 import errno
 import logging
+import os
+import tempfile
+from contextlib import contextmanager
 
 log = logging.getLogger("dogbreeds")
+
+
+@contextmanager
+def native_stderr():
+    """What native code (TensorFlow's C++ logging, the TFLite converter's MLIR dumps) writes to
+    file descriptor 2 while the block runs, kept off the terminal: a list of lines, filled on exit."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines.extend(captured.read().decode(errors="replace").splitlines())
 
 
 class DogbreedsError(Exception):

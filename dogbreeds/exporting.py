@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import tensorflow as tf
 from keras import layers
 
 from dogbreeds.cache import backbone_specs, pooled_backbone
-from dogbreeds.errors import DogbreedsError
+from dogbreeds.errors import DogbreedsError, native_stderr
 from dogbreeds.files import claim_output, temporary_sibling
 from dogbreeds.inference import Predictor
 from dogbreeds.models import Affine, get_backbone
@@ -116,7 +117,17 @@ def _tflite(model: keras.Model, folder: Path) -> None:
     """Converted from a SavedModel, the route TensorFlow documents for Keras 3 models."""
     saved = folder / "savedmodel"
     _savedmodel(model, saved)
-    (folder / "model.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert())
+    try:
+        with native_stderr():  # the converter's notes, and on failure the MLIR of every op it lacks
+            converted = tf.lite.TFLiteConverter.from_saved_model(str(saved)).convert()
+    except Exception as error:  # the converter raises its ConverterError, with the MLIR it failed on
+        missing = re.search(r"TF Select ops: ([\w, ]+)", str(error))
+        ops = f" ({missing.group(1).strip()})" if missing else ""
+        raise DogbreedsError(
+            f"this run's network does not convert to TFLite: it uses TensorFlow ops the TFLite runtime lacks{ops}; "
+            "export --format savedmodel or keras"
+        ) from None
+    (folder / "model.tflite").write_bytes(converted)
     shutil.rmtree(saved)
 
 

@@ -330,8 +330,9 @@ def image_encoder(preset: Preset, weights: str, image_size: int):
     log.info(f"{preset.name} weights: {folder}")
     loader = getattr(hub.models, family.loader)
     resized = {"image_shape": shape} if family.sizes == "patch" else {}  # native-only families keep theirs
+    precision = keras.mixed_precision.global_policy().name  # --precision, not the dtype the preset was saved in
     try:
-        model = loader.from_preset(str(folder), **resized)
+        model = loader.from_preset(str(folder), dtype=precision, **resized)
     except (OSError, ValueError, KeyError, TypeError) as error:
         said = (str(error).splitlines() or [type(error).__name__])[0][:160]
         raise DogbreedsError(f"the preset in {folder} cannot be loaded ({said}); download it again") from None
@@ -340,9 +341,9 @@ def image_encoder(preset: Preset, weights: str, image_size: int):
 
 def hub_backbone(preset: Preset, weights: str, image_size: int) -> keras.Model:
     """Images (already preprocessed) in, one pooled vector per image out."""
-    with warnings.catch_warnings():  # Swin's window attention warns that it drops a mask it is never given
-        warnings.filterwarnings("ignore", "Layer 'attn'")
-        encoder = image_encoder(preset, weights, image_size)
+    # Swin's window attention warns, at every call, that it drops a mask it is never given
+    warnings.filterwarnings("ignore", "Layer 'attn' \\(of type WindowAttention\\)", UserWarning)
+    encoder = image_encoder(preset, weights, image_size)
     images = keras.Input((image_size, image_size, 3), name="pixels")
     tokens = encoder({preset.family.image_input: images} if preset.family.image_input else images)
     if preset.family.pooling == "map":  # SigLIP's encoder ends in its own attention pool
@@ -383,3 +384,53 @@ def download(preset: Preset, folder: Path) -> Path:
         raise DogbreedsError(
             f"could not download {preset.handle} ({_reason(error)}); run this where there is internet"
         ) from None
+
+
+# ----------------------------------------------------------------------------- tiny presets
+
+# A tiny random model of each family, saved as KerasHub saves a preset: what a Kaggle Model or
+# `--weights DIR` holds, for the tests, benchmarks/hub_export.py and offline trials. Their sizes
+# fit the families' rules (multiples of the patch; the fixed-size families take the size they
+# were saved at). family: (a registry name of that family, image size, pooled width)
+TINY = {
+    "dinov2": ("dinov2_small", 56, 64),
+    "dinov3": ("dinov3_vit_small_lvd1689m", 64, 64),
+    "siglip": ("siglip_so400m_patch14_384", 56, 32),
+    "clip": ("clip_vit_large_patch14_336", 56, 32),
+    "vit": ("vit_large_patch16_384_imagenet", 64, 32),
+    "swin": ("swin_large_patch4_window12_384", 64, 32),
+}
+
+
+def save_tiny_preset(family: str, folder: str | Path) -> str:
+    """A random two-block model of `family` saved with `save_to_preset` into `folder`, with the
+    image converter its published presets carry; returns the registry name it stands in for."""
+    keras_hub = import_keras_hub()
+    models, converters = keras_hub.models, keras_hub.layers
+    name, size, _ = TINY[family]
+    keras.utils.set_random_seed(0)
+    shape, small = (size, size, 3), dict(num_layers=2, hidden_dim=32, num_heads=2, intermediate_dim=64)
+    text = dict(vocabulary_size=50, embedding_dim=32, hidden_dim=32, num_layers=1, num_heads=2, intermediate_dim=64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Layer 'attn'")
+        if family == "dinov2":
+            model = models.DINOV2Backbone(patch_size=14, image_shape=shape, position_embedding_shape=shape, **small)
+        elif family == "dinov3":
+            model = models.DINOV3Backbone(patch_size=16, image_shape=shape, **small)
+        elif family == "siglip":
+            vision = models.SigLIPVisionEncoder(patch_size=14, image_shape=shape, **small)
+            model = models.SigLIPBackbone(vision, models.SigLIPTextEncoder(**text, max_sequence_length=8))
+        elif family == "clip":
+            vision = models.CLIPVisionEncoder(patch_size=14, image_shape=shape, **small)
+            text_encoder = models.CLIPTextEncoder(**text, max_sequence_length=8)
+            model = models.CLIPBackbone(vision, text_encoder, projection_dim=16)
+        elif family == "vit":
+            model = models.ViTBackbone(shape, 16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+        else:
+            model = models.SwinTransformerBackbone(shape, embed_dim=16, depths=(2, 2), num_heads=(2, 2), window_size=4)
+    model.save_to_preset(str(folder))
+    prefix = {"dinov2": "DINOV2", "dinov3": "DINOV3", "siglip": "SigLIP", "clip": "CLIP", "vit": "ViT"}
+    converter = getattr(converters, prefix.get(family, "SwinTransformer") + "ImageConverter")
+    scale, offset = FAMILIES[family].scale.tolist(), FAMILIES[family].offset.tolist()
+    converter(image_size=(size, size), scale=scale, offset=offset).save_to_preset(str(folder))
+    return name

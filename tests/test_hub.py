@@ -16,10 +16,12 @@ import tensorflow as tf
 
 from dogbreeds import hub
 from dogbreeds.cache import FeatureSpec
+from dogbreeds.hub import TINY as HUB_TINY
+from dogbreeds.hub import save_tiny_preset
 from dogbreeds.models import build_backbone, get_backbone
 from dogbreeds.pipeline import decode
 
-from helpers import HUB_TINY, dogbreeds, tiny_preset
+from helpers import dogbreeds
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -30,7 +32,7 @@ def presets(tmp_path_factory):
     root = tmp_path_factory.mktemp("presets")
     folders = {family: root / family for family in HUB_TINY}
     for family, folder in folders.items():
-        tiny_preset(family, folder)
+        save_tiny_preset(family, folder)
     return folders
 
 
@@ -180,6 +182,10 @@ def test_a_mixed_ensemble_trains_in_folds_blends_submits_and_exports(presets, co
     submission = pd.read_csv(tmp_path / "blend.csv")
     assert len(submission) == 9 and np.allclose(submission.drop(columns="id").sum(axis=1), 1, atol=1e-4)
 
+    evaluated = dogbreeds("evaluate", "--run", tmp_path / "folds")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads((tmp_path / "folds" / "evaluation.json").read_text())["images"] == 48  # every fold's
+
     paths = sorted((competition / "test").glob("*.jpg"))[:4]
     served = exported(tmp_path / "folds", tmp_path / "export", 56, paths)
     np.testing.assert_allclose(served, predicted(tmp_path / "folds", paths), atol=2e-6)
@@ -222,3 +228,19 @@ def test_layerwise_adam_moves_each_variable_by_its_share_of_the_rate():
     np.testing.assert_allclose(moved[0], 0.0025, rtol=1e-3)  # Adam's first step is the rate times the sign
     np.testing.assert_allclose(moved[1], 0.01, rtol=1e-3)
     assert LayerwiseAdam.from_config(model.optimizer.get_config()).rate_factors == {kernel: 0.25}
+
+
+def test_a_network_tflite_cannot_hold_is_one_line_and_leaves_nothing(presets, competition, tmp_path):
+    run = tmp_path / "swin"
+    trained = dogbreeds(
+        "train", "--data", competition, "--method", "features", "--backbone", "swin_large_patch4_window12_384",
+        "--weights", presets["swin"], "--image-size", 64, "--feature-views", 1, "--head-epochs", 1, "--run-dir", run,
+        "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    result = dogbreeds("export", "--run", run, "--format", "tflite", "--out", tmp_path / "out")
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "error: this run's network does not convert to TFLite: it uses TensorFlow ops the TFLite runtime lacks "
+        "(Roll); export --format savedmodel or keras"
+    ]
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
