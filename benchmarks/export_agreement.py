@@ -38,6 +38,15 @@ def predicted(run: Path, photos: list[Path], classes: list[str]) -> np.ndarray:
 
 
 def served(target: Path, format: str, images: np.ndarray) -> np.ndarray:
+    """The exported model run as a user would, without dogbreeds."""
+    if format == "keras":
+        import keras
+
+        try:
+            import keras_hub  # noqa: F401  a KerasHub backbone's classes
+        except ImportError:
+            pass
+        return keras.models.load_model(target / "model.keras", safe_mode=True).predict(images, verbose=0)
     if format == "savedmodel":
         signature = tf.saved_model.load(str(target)).signatures["serving_default"]
         batches = np.array_split(images, 10)

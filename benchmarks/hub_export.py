@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
+from export_agreement import DOGBREEDS, predicted, served  # benchmarks/ is on the path when run as a script
 
 from dogbreeds.calibration import DEFAULT_FLOOR
 from dogbreeds.hub import TINY, save_tiny_preset
@@ -29,24 +28,7 @@ from dogbreeds.synthetic import make_competition
 
 
 def dogbreeds(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dogbreeds", *map(str, args)], capture_output=True, text=True)
-
-
-def served(target: Path, format: str, images: np.ndarray) -> np.ndarray:
-    if format == "savedmodel":
-        signature = tf.saved_model.load(str(target)).signatures["serving_default"]
-        return signature(images=tf.constant(images))["probabilities"].numpy()
-    if format == "keras":
-        import keras_hub  # noqa: F401  the backbone's classes
-
-        return keras.models.load_model(target / "model.keras", safe_mode=True).predict(images, verbose=0)
-    interpreter = tf.lite.Interpreter(model_path=str(target / "model.tflite"))
-    given, answer = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    interpreter.resize_tensor_input(given["index"], images.shape)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(given["index"], images)
-    interpreter.invoke()
-    return interpreter.get_tensor(answer["index"])
+    return subprocess.run([*DOGBREEDS, *map(str, args)], capture_output=True, text=True)
 
 
 def main() -> None:
@@ -72,13 +54,7 @@ def main() -> None:
             print(f"| {family} | {name} | (train failed: {trained.stderr.strip()[-200:]}) | | | |")
             continue
         classes = json.loads((run / "classes.json").read_text())
-        predicted = dogbreeds("predict", *paths, "--run", run, "--no-tta", "--no-calibrate", "--json", "--top", 3)
-        rows = [
-            {p["breed"]: p["probability"] for p in json.loads(line)["predictions"]}
-            for line in predicted.stdout.split("\n")
-            if line
-        ]
-        expected = np.array([[row[c] for c in classes] for row in rows])
+        expected = predicted(run, paths, classes)  # --no-tta; a run without calibration.json is not calibrated
         images = np.stack([decode(tf.constant(str(p)), None, size).numpy() for p in paths])
         for format in ("savedmodel", "tflite", "keras"):
             target = args.folder / "exports" / f"{family}-{format}"
