@@ -30,7 +30,8 @@ QUICK = sorted(
     {"tiny_cnn", "inception_resnet_v2", "resnet50", "resnet50_v2", "mobilenet_v2", "mobilenet_v3_large"}
     | {"efficientnet_b0", "efficientnet_v2_s", "convnext_tiny"}
 )
-OTHERS = sorted(set(BACKBONES) - set(QUICK))
+HUB = sorted(name for name, spec in BACKBONES.items() if spec.preset)
+OTHERS = sorted(set(BACKBONES) - set(QUICK) - set(HUB))
 
 
 @pytest.mark.parametrize("name", QUICK)
@@ -50,6 +51,16 @@ def test_every_other_backbone_builds_with_the_parameters_shown():
     for name in OTHERS:
         backbone = build_backbone(name, "none", BACKBONES[name].min_size)
         assert backbone.count_params() == BACKBONES[name].parameters, name
+        keras.backend.clear_session()
+
+
+@pytest.mark.slow
+def test_every_kerashub_backbone_builds_at_its_size_with_the_parameters_shown():
+    pytest.importorskip("keras_hub")
+    for name in HUB:  # at its default size: DINOv2's position embeddings grow with it
+        backbone = build_backbone(name, "none", BACKBONES[name].size)
+        assert backbone.count_params() == BACKBONES[name].parameters, name
+        assert backbone.output_shape[1:] in ((768,), (1024,), (1152,), (1536,), (2048,), (3072,)), name
         keras.backend.clear_session()
 
 
