@@ -192,7 +192,9 @@ class Run:
 
             import_keras_hub()
         try:
-            model = keras.models.load_model(path, safe_mode=True)
+            # Only last.keras goes on training (its optimizer, one of training's classes, is known
+            # there); a model that predicts needs none.
+            model = keras.models.load_model(path, safe_mode=True, compile=name == self.last_file)
         # Keras raises any of these for a file whose archive is whole but whose contents are not
         # a model it can build (a layer or class it does not know, weights that do not fit).
         except (OSError, ValueError, TypeError, KeyError, AttributeError, EOFError, zipfile.BadZipFile) as error:
