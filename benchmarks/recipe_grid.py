@@ -7,7 +7,8 @@ For each size, a CIFAR competition of that many labelled images (`make_cifar_com
 the same 1,000 test images for every size), then for each budget (frozen + fine-tuning epochs)
 and seed, `benchmarks/recipes.py`'s run of each recipe (mobilenet_v2, 96 px): train, submit, score
 on the hidden test answers. A finished cell is not trained again, so the grid resumes and grows.
-Prints one row per cell and recipe, then the three-seed mean of each cell and default/classic.
+Prints one row per cell, recipe and seed, then each cell's three-seed means and their ratio to the
+first recipe's (classic's).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main() -> None:
             for seed in args.seeds.split(","):
                 common = ["--backbone", "mobilenet_v2", "--image-size", args.image_size, "--epochs", frozen,
                           "--fine-tune-epochs", fine, "--seed", seed]  # fmt: skip
-                cell = args.out / f"{size}-{frozen}+{fine}-seed{seed}"
+                cell = args.out / f"{size}-{args.image_size}px-{frozen}+{fine}-seed{seed}"
                 cell.mkdir(parents=True, exist_ok=True)
                 for recipe in args.recipes.split(","):
                     found = run(recipe, VARIANTS[recipe], data, data, args.weights, cell, common)
@@ -62,10 +63,10 @@ def main() -> None:
                         f"| {size} | {budget} | {seed} | {recipe} | {loss:.4f} | {found['train_seconds']} |", flush=True
                     )
     table = pd.DataFrame(rows).pivot_table(index=["images", "budget"], columns="recipe", values="log_loss")
-    default, base = args.recipes.split(",")[1], args.recipes.split(",")[0]
-    table["ratio"] = table[default] / table[base]
+    base, *others = args.recipes.split(",")
+    for other in others:  # the three-seed mean of each against classic's
+        table[f"{other} / {base}"] = table[other] / table[base]
     print(table.round(4).to_markdown())
-
 
 if __name__ == "__main__":
     main()

@@ -221,12 +221,18 @@ class KeepToBudget(keras.callbacks.Callback):
 
 
 @keras.saving.register_keras_serializable("dogbreeds")
-class LayerwiseAdam(keras.optimizers.Adam):
-    """Adam whose learning rate is scaled per variable (by its path): layer-wise decay.
+class FineTuneAdam(keras.optimizers.Adam):
+    """Adam for fine-tuning: a rate scaled per variable (layer-wise decay), and a moving average
+    of the weights that warms up.
 
     Keras has no parameter groups; every backend's apply step calls `update_step` once per
     variable with the rate of that step, so scaling the rate there scales that variable alone.
     (The TensorFlow backend hands it the backend's variable, so the factor is found by index.)
+
+    Keras' `use_ema` averages with one momentum from the first step, so after a few dozen steps
+    the average is still mostly the weights fine-tuning started from. As timm's model EMA does,
+    the momentum at step t is min(ema_momentum, (1 + t) / (10 + t)): the average follows the
+    weights closely at first and settles to the given momentum (0.99 from step 890 on).
     """
 
     def __init__(self, *args, rate_factors: dict[str, float] | None = None, **kwargs):
@@ -241,8 +247,25 @@ class LayerwiseAdam(keras.optimizers.Adam):
         factor = self._factors[self._get_variable_index(variable)]
         return super().update_step(gradient, variable, learning_rate * factor if factor != 1.0 else learning_rate)
 
+    def _update_model_variables_moving_average(self, trainable_variables):
+        """Keras' own update (base_optimizer.py), with the warmed-up momentum."""
+        if not self.use_ema:
+            return
+        step = keras.ops.cast(self.iterations, "float32")
+        warm = keras.ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
+        momentum = keras.ops.where(keras.ops.equal(self.iterations, 0), 0.0, warm)  # the first step copies
+        for variable, average in zip(trainable_variables, self._model_variables_moving_average):
+            if average is not None:
+                m = keras.ops.cast(momentum, variable.dtype)
+                average.assign(m * average + (1 - m) * variable)
+
     def get_config(self):
         return super().get_config() | {"rate_factors": self.rate_factors}
+
+
+@keras.saving.register_keras_serializable("dogbreeds")
+class LayerwiseAdam(FineTuneAdam):
+    """The name runs saved before FineTuneAdam gave their optimizer: they resume with it."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from dogbreeds.heads import fit_head
 from dogbreeds.hub import layer_decay_factors
 from dogbreeds.images import inspect_images
 from dogbreeds.inference import make_loader, predict
-from dogbreeds.loop import Budget, LayerwiseAdam, Phase, Progress, fit_phases, read_progress
+from dogbreeds.loop import Budget, FineTuneAdam, Phase, Progress, fit_phases, read_progress
 from dogbreeds.metrics import scores
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.places import feature_cache
@@ -64,11 +64,14 @@ class TrainResult:
 def competition_phases(
     model: keras.Model, config: TrainConfig, replicas: int = 1, steps_per_epoch: int = 1
 ) -> list[Phase]:
-    """Frozen backbone at --learning-rate, then fine-tuning at a hundredth of it.
+    """Frozen backbone at --learning-rate, then fine-tuning at --fine-tune-share of it.
 
-    Rates follow the global batch (the linear scaling rule). With --schedule cosine each phase
-    decays to zero by its last step, fine-tuning after --warmup-epochs of warm-up; with --ema
-    the fine-tuning optimizer keeps the average.
+    Rates follow the global batch (the linear scaling rule). The frozen phase trains a new,
+    random head at a constant rate, cut when validation stalls, whatever the recipe: a schedule
+    that decays to zero in a phase of two or three epochs leaves the head under-trained
+    (docs/recipes.md). --schedule, --warmup-epochs and --ema act on fine-tuning, where the
+    pretrained weights need a gentle start; the average warms up (FineTuneAdam) so that it helps
+    short runs as well as long ones.
     """
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
@@ -79,37 +82,29 @@ def competition_phases(
         n = set_trainable(backbone, config.fine_tune_layers, pretrained=config.pretrained)
         log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {fine_tune_lr:g}")
 
-    def adam(rate: float, epochs: int, fine_tuning: bool):
-        """Warm-up and the moving average belong to fine-tuning: the frozen phase trains a new,
-        random head, which needs no warm-up, and Keras' average (no bias correction) would keep
-        a share of that random start (0.99 ** steps) in its weights."""
+    def head_optimizer():
+        return keras.optimizers.Adam(learning_rate)
 
-        def make():
-            rate_at = rate
-            if config.schedule == "cosine":
-                warmup = min(config.warmup_epochs, epochs) * steps_per_epoch if fine_tuning else 0
-                rate_at = keras.optimizers.schedules.CosineDecay(
-                    0.0 if warmup else rate,
-                    decay_steps=max(1, epochs * steps_per_epoch - warmup),
-                    warmup_target=rate if warmup else None,
-                    warmup_steps=warmup,
-                )
-            ema = config.ema and fine_tuning
-            if fine_tuning and config.layer_decay < 1:
-                factors = layer_decay_factors(backbone, config.layer_decay)
-                return LayerwiseAdam(rate_at, use_ema=ema, ema_momentum=config.ema_momentum, rate_factors=factors)
-            return keras.optimizers.Adam(rate_at, use_ema=ema, ema_momentum=config.ema_momentum)
-
-        return make
+    def fine_tune_optimizer():
+        rate_at = fine_tune_lr
+        if config.schedule == "cosine":
+            warmup = min(config.warmup_epochs, fine_tune) * steps_per_epoch
+            rate_at = keras.optimizers.schedules.CosineDecay(
+                0.0 if warmup else fine_tune_lr,
+                decay_steps=max(1, fine_tune * steps_per_epoch - warmup),
+                warmup_target=fine_tune_lr if warmup else None,
+                warmup_steps=warmup,
+            )
+        factors = layer_decay_factors(backbone, config.layer_decay) if config.layer_decay < 1 else None
+        return FineTuneAdam(rate_at, use_ema=config.ema, ema_momentum=config.ema_momentum, rate_factors=factors)
 
     learning_rate, fine_tune_lr = config.learning_rate * replicas, config.fine_tune_lr * replicas
-    adaptive = config.schedule == "plateau"
     soft = config.batch_augmentation.soft_targets
     loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
     frozen, fine_tune = config.epochs, config.fine_tune_epochs
     return [
-        Phase("frozen", frozen, adam(learning_rate, frozen, False), freeze, adaptive, loss),
-        Phase("fine_tune", fine_tune, adam(fine_tune_lr, fine_tune, True), unfreeze, adaptive, loss),
+        Phase("frozen", frozen, head_optimizer, freeze, True, loss),
+        Phase("fine_tune", fine_tune, fine_tune_optimizer, unfreeze, config.schedule == "plateau", loss),
     ]
 
 

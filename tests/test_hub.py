@@ -215,19 +215,19 @@ def test_layer_decay_gives_each_block_its_share_of_the_rate(presets):
 
 
 def test_layerwise_adam_moves_each_variable_by_its_share_of_the_rate():
-    from dogbreeds.loop import LayerwiseAdam
+    from dogbreeds.loop import FineTuneAdam
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
     kernel, bias = (v.path for v in model.trainable_variables)
-    model.compile(LayerwiseAdam(0.01, rate_factors={kernel: 0.25}), "mse")
+    model.compile(FineTuneAdam(0.01, rate_factors={kernel: 0.25}), "mse")
     before = [v.numpy().copy() for v in model.trainable_variables]
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     model.train_on_batch(x, np.ones((8, 3), "float32"))
     moved = [np.abs(v.numpy() - b) for v, b in zip(model.trainable_variables, before)]
     np.testing.assert_allclose(moved[0], 0.0025, rtol=1e-3)  # Adam's first step is the rate times the sign
     np.testing.assert_allclose(moved[1], 0.01, rtol=1e-3)
-    assert LayerwiseAdam.from_config(model.optimizer.get_config()).rate_factors == {kernel: 0.25}
+    assert FineTuneAdam.from_config(model.optimizer.get_config()).rate_factors == {kernel: 0.25}
 
 
 def test_a_network_tflite_cannot_hold_is_one_line_and_leaves_nothing(presets, competition, tmp_path):

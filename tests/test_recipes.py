@@ -117,17 +117,56 @@ def test_each_recipe_has_its_values_and_a_config_takes_them(recipe):
     assert config.fine_tune_lr == pytest.approx(config.learning_rate * EXPECTED[recipe]["fine_tune_share"])
 
 
+def tiny_transfer_model():
+    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    return keras.Sequential([keras.Input((4,)), backbone, keras.layers.Dense(2)])
+
+
 def test_classic_is_the_seed_recipe():
     config = TrainConfig(recipe="classic")
     assert (config.schedule, config.warmup_epochs, config.ema) == ("plateau", 0, False)
     assert not config.batch_augmentation.enabled
-    backbone = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
-    phases = competition_phases(keras.Sequential([keras.Input((4,)), backbone, keras.layers.Dense(2)]), config)
+    phases = competition_phases(tiny_transfer_model(), config)
     for phase, rate in zip(phases, (config.learning_rate, config.fine_tune_lr)):
         optimizer = phase.optimizer()
-        assert type(optimizer) is keras.optimizers.Adam and not optimizer.use_ema
+        assert isinstance(optimizer, keras.optimizers.Adam) and not optimizer.use_ema
+        assert not getattr(optimizer, "rate_factors", None)  # one rate for every variable, as Adam
         assert float(optimizer.learning_rate) == pytest.approx(rate)
         assert phase.adaptive and phase.loss == "sparse_categorical_crossentropy"
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_trains_the_head_at_a_constant_rate(recipe):
+    """Issue 25: the strong recipe's cosine took a two-epoch head phase to a rate of 0 by its second
+    epoch, and its head left the frozen phase under-trained; the schedule is fine-tuning's alone."""
+    config = TrainConfig(recipe=recipe, epochs=2)
+    frozen, fine_tune = competition_phases(tiny_transfer_model(), config, steps_per_epoch=38)
+    head = frozen.optimizer()
+    assert float(head.learning_rate) == pytest.approx(config.learning_rate)  # a number, not a decaying schedule
+    assert frozen.adaptive and not head.use_ema  # cut only when validation stalls
+    assert fine_tune.optimizer().use_ema == config.ema
+
+
+def test_the_moving_average_warms_up():
+    """After t steps the average has momentum min(0.99, (1 + t) / (10 + t)) (timm's warm-up), so
+    that a short fine-tuning's average is not the weights it started from, as Keras' own is."""
+    from dogbreeds.loop import FineTuneAdam
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+    model.compile(FineTuneAdam(0.1, use_ema=True, ema_momentum=0.99), "mse")
+    seen = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(float(model.weights[0][0, 0])))
+    model.fit(np.ones((20, 1)), np.ones((20, 1)), batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[record])
+    expected = seen[0]
+    for t, weight in enumerate(seen[1:], start=1):
+        momentum = min(0.99, (1 + t) / (10 + t))
+        expected = momentum * expected + (1 - momentum) * weight
+    average = float(model.optimizer._model_variables_moving_average[0][0, 0])
+    assert average == pytest.approx(expected, rel=1e-5)
+    plain = seen[0]  # Keras' average with the same weights: still near the start after 20 steps
+    for weight in seen[1:]:
+        plain = 0.99 * plain + 0.01 * weight
+    assert seen[-1] - average < 0.5 * (seen[-1] - plain)
 
 
 def test_options_override_the_recipe_and_old_runs_read_as_classic():
