@@ -155,7 +155,8 @@ def test_the_moving_average_warms_up():
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
     model.compile(FineTuneAdam(0.1, use_ema=True, ema_momentum=0.99), "mse")
     seen = []
-    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(float(model.weights[0][0, 0])))
+    weight = model.weights[0]
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(float(weight[0, 0])))
     model.fit(np.ones((20, 1)), np.ones((20, 1)), batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[record])
     expected = seen[0]
     for t, weight in enumerate(seen[1:], start=1):
