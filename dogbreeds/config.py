@@ -89,6 +89,12 @@ class TrainConfig:
         shown_default="the backbone's",
     )
     batch_size: int = option(32, "Images per training step.", at_least=1)
+    accumulate: int = option(
+        1,
+        "finetune: average the gradients of N batches before each update, for the effective batch of N x "
+        "--batch-size in the memory of one (1: update every batch).",
+        at_least=1,
+    )
     epochs: int = option(5, "Epochs with the backbone frozen (head only).", at_least=0)
     fine_tune_epochs: int = option(5, "Epochs fine-tuning the backbone after that.", at_least=0)
     fine_tune_layers: int | None = option(
@@ -228,6 +234,10 @@ class TrainConfig:
                 (
                     self.method == "features" or len(self.backbones) == 1,
                     "several backbones (an ensemble) need --method features",
+                ),
+                (
+                    self.method == "finetune" or self.accumulate == 1,
+                    "--accumulate applies to --method finetune (a features head's batches of vectors fit any memory)",
                 ),
                 (
                     n_weights in (1, len(self.backbones)),

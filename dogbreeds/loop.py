@@ -254,6 +254,9 @@ class FineTuneAdam(keras.optimizers.Adam):
         step = keras.ops.cast(self.iterations, "float32")
         warm = keras.ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
         momentum = keras.ops.where(keras.ops.equal(self.iterations, 0), 0.0, warm)  # the first step copies
+        if self.gradient_accumulation_steps:  # Keras averages after every batch; the weights move once in N
+            updated = (self._iterations + 1) % self.gradient_accumulation_steps == 0
+            momentum = keras.ops.where(updated, momentum, 1.0)
         for variable, average in zip(trainable_variables, self._model_variables_moving_average):
             if average is not None:
                 m = keras.ops.cast(momentum, variable.dtype)

@@ -66,7 +66,8 @@ def competition_phases(
 ) -> list[Phase]:
     """Frozen backbone at --learning-rate, then fine-tuning at --fine-tune-share of it.
 
-    Rates follow the global batch (the linear scaling rule). The frozen phase trains a new,
+    Rates follow the global batch (the linear scaling rule); --accumulate N averages N batches
+    into one update, as a batch N times larger would, at the same rates. The frozen phase trains a new,
     random head at a constant rate, cut when validation stalls, whatever the recipe: a schedule
     that decays to zero in a phase of two or three epochs leaves the head under-trained
     (docs/recipes.md). --schedule, --warmup-epochs and --ema act on fine-tuning, where the
@@ -83,22 +84,30 @@ def competition_phases(
         log.info(f"fine-tuning {n} of {len(backbone.layers)} backbone layers at learning rate {fine_tune_lr:g}")
 
     def head_optimizer():
-        return keras.optimizers.Adam(learning_rate)
+        return keras.optimizers.Adam(learning_rate, gradient_accumulation_steps=accumulate)
 
     def fine_tune_optimizer():
         rate_at = fine_tune_lr
-        if config.schedule == "cosine":
-            warmup = min(config.warmup_epochs, fine_tune) * steps_per_epoch
+        if config.schedule == "cosine":  # counted in updates, as the optimizer's iterations are
+            warmup = min(config.warmup_epochs, fine_tune) * updates_per_epoch
             rate_at = keras.optimizers.schedules.CosineDecay(
                 0.0 if warmup else fine_tune_lr,
-                decay_steps=max(1, fine_tune * steps_per_epoch - warmup),
+                decay_steps=max(1, fine_tune * updates_per_epoch - warmup),
                 warmup_target=fine_tune_lr if warmup else None,
                 warmup_steps=warmup,
             )
         factors = layer_decay_factors(backbone, config.layer_decay) if config.layer_decay < 1 else None
-        return FineTuneAdam(rate_at, use_ema=config.ema, ema_momentum=config.ema_momentum, rate_factors=factors)
+        return FineTuneAdam(
+            rate_at,
+            use_ema=config.ema,
+            ema_momentum=config.ema_momentum,
+            rate_factors=factors,
+            gradient_accumulation_steps=accumulate,
+        )
 
     learning_rate, fine_tune_lr = config.learning_rate * replicas, config.fine_tune_lr * replicas
+    accumulate = config.accumulate if config.accumulate > 1 else None  # Keras' steps: None or at least 2
+    updates_per_epoch = math.ceil(steps_per_epoch / config.accumulate)
     soft = config.batch_augmentation.soft_targets
     loss = "categorical_crossentropy" if soft else "sparse_categorical_crossentropy"
     frozen, fine_tune = config.epochs, config.fine_tune_epochs
@@ -151,6 +160,7 @@ def _finish(
         "precision": precision,
         "strategy": describe(strategy),
         "global_batch_size": config.batch_size * replicas,
+        "images_per_update": config.batch_size * replicas * config.accumulate,
         "stopped_by_time_budget": budget.stopped,
     }
     run.save_metrics(metrics)
@@ -203,6 +213,16 @@ def _check_backbone_options(config: TrainConfig) -> None:
         )
 
 
+def check_accumulation(config: TrainConfig, replicas: int) -> None:
+    """Keras' gradient accumulation all-reduces inside a conditional, which tf.distribute cannot
+    run with several replicas (keras-team/keras issue 20582): refused before training starts."""
+    if config.accumulate > 1 and replicas > 1:
+        raise DogbreedsError(
+            f"--accumulate {config.accumulate} cannot run on {replicas} replicas under TensorFlow (Keras issue "
+            "20582); several devices already multiply the batch: drop --accumulate, or train on one device"
+        )
+
+
 def _train_one(
     config: TrainConfig,
     run_dir: str | Path | None,
@@ -218,6 +238,7 @@ def _train_one(
         return train_features(config, run_dir, data, inputs, again)
     _check_backbone_options(config)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
+    check_accumulation(config, strategy.num_replicas_in_sync)
     data = data or prepare_data(config.data, config.split)
     keras.utils.set_random_seed(config.seed)
     precision = use_precision(config.precision)
@@ -493,6 +514,7 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
         return _train_one(config, run.path, data, budget=budget, again=True)
     progress = read_progress(run)
     strategy = make_strategy(config.strategy)
+    check_accumulation(config, strategy.num_replicas_in_sync)
     data = data or prepare_data(config.data, config.split)
     if data.competition.classes != run.classes():
         raise DogbreedsError(f"the classes of {data.competition.root} differ from run {run.path}'s; resume on its data")

@@ -186,11 +186,12 @@ def test_a_strong_run_records_its_options_and_saves_the_moving_average(competiti
     run = tmp_path / "run"
     result = dogbreeds(
         "train", "--data", competition, *TINY, "--epochs", 0, "--fine-tune-epochs", 1, "--recipe", "strong",
-        "--randaugment", 1, "--ema-momentum", 0.5, "--precision", precision, "--run-dir", run,
+        "--randaugment", 1, "--ema-momentum", 0.5, "--precision", precision, "--accumulate", 2, "--run-dir", run,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     config = json.loads((run / "config.json").read_text())
     assert config["recipe"] == "strong" and config["ema"] is True and config["schedule"] == "cosine"
+    assert config["accumulate"] == 2
     assert config["batch_augmentation"]["randaugment"] == 1
     assert config["batch_augmentation"]["mixup"] == 0.0 and config["batch_augmentation"]["label_smoothing"] == 0.1
     best = keras.models.load_model(run / "model.keras")
