@@ -59,6 +59,7 @@ class Stage:
     what: str
     images: int
     seconds: float
+    peak_megabytes: float | None = None  # TensorFlow's allocator on the device that ran it
 
     @property
     def rate(self) -> float:
@@ -101,9 +102,12 @@ class BenchResult:
             "",
         ]
         width = max(len(stage.what) for stage in self.stages)
-        lines.append(f"{'stage':<{width}}  {'images':>6}  {'seconds':>8}  {'images/s':>9}")
+        lines.append(f"{'stage':<{width}}  {'images':>6}  {'seconds':>8}  {'images/s':>9}  {'peak MB':>8}")
         for stage in self.stages:
-            lines.append(f"{stage.what:<{width}}  {stage.images:>6}  {stage.seconds:>8.2f}  {stage.rate:>9.1f}")
+            peak = "" if stage.peak_megabytes is None else f"{stage.peak_megabytes:.0f}"
+            lines.append(
+                f"{stage.what:<{width}}  {stage.images:>6}  {stage.seconds:>8.2f}  {stage.rate:>9.1f}  {peak:>8}"
+            )
         lines.append("")
         for ratio in self.ratios().values():
             verdict = "met" if ratio["met"] else "NOT met"
@@ -119,6 +123,22 @@ def _timed(work, repeats: int = 1) -> float:
         work()
         seconds.append(time.perf_counter() - started)
     return min(seconds)
+
+
+def _accumulated(result: BenchResult, model: keras.Model, x, labels, steps: int, accumulate: int) -> None:
+    """The same images per update as the row before, as --accumulate N batches of B / N: the
+    memory a smaller batch saves, and what the extra steps cost in speed."""
+    small = len(x) // accumulate
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4, gradient_accumulation_steps=accumulate),
+        loss="sparse_categorical_crossentropy",
+    )
+    one_update = tf.data.Dataset.from_tensor_slices((x, labels)).batch(small)
+    model.fit(one_update, epochs=1, verbose=0, shuffle=False)  # tracing
+    seconds = _timed(lambda: model.fit(one_update.repeat(steps), epochs=1, verbose=0, shuffle=False), repeats=3)
+    peak = _peak_megabytes(lambda: model.fit(one_update, epochs=1, verbose=0, shuffle=False))
+    what = f"fine-tuning steps, batches of {small}, {accumulate} an update"
+    result.stages.append(Stage("fit_accumulated", what, steps * len(x), seconds, peak))
 
 
 def _drain(ds) -> None:
@@ -162,10 +182,13 @@ def bench(
     model_images: int = 128,
     tta: bool = True,
     precision: str = "auto",
+    accumulate: int = 1,
 ) -> BenchResult:
     """Every stage's images/s in one process; see the module's docstring."""
     if images < 1 or model_images < 1:
         raise DogbreedsError("--images and --model-images must be at least 1")
+    if accumulate < 1 or batch_size % accumulate:
+        raise DogbreedsError(f"--accumulate must divide --batch-size {batch_size} into whole batches, got {accumulate}")
     image_size = image_size or get_backbone(backbone).size  # an unknown name fails before any work
     config = TrainConfig(
         data=None if data is None else str(data),
@@ -194,6 +217,7 @@ def bench(
                 "images": len(train),
                 "model_images": len(test),
                 "tta": tta,
+                "accumulate": accumulate,
                 "augmentation": asdict(config.augmentation),
             },
             machine={
@@ -208,7 +232,7 @@ def bench(
         )
         with redirect_stdout(sys.stderr):  # ImageDataGenerator prints; standard output may be the JSON
             _loaders(result, config, train)
-            _model(result, config, train, test, tta)
+            _model(result, config, train, test, tta, accumulate)
         result.machine["load_average_after"] = os.getloadavg()[0]
     return result
 
@@ -248,7 +272,17 @@ def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> N
         result.stages.append(Stage(name, what, n, _timed(lambda: _drain(ds), repeats=3)))
 
 
-def _model(result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, tta: bool) -> None:
+def _peak_megabytes(work) -> float:
+    """The most memory TensorFlow's allocator held while `work` ran, on the device the model uses."""
+    device = "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+    tf.config.experimental.reset_memory_stats(device)
+    work()
+    return tf.config.experimental.get_memory_info(device)["peak"] / 2**20
+
+
+def _model(
+    result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, tta: bool, accumulate: int
+) -> None:
     n_classes = int(train["label"].max()) + 1
     backbone = build_backbone(config.backbone, config.weights, config.image_size)
     model = build_classifier(backbone, n_classes, pretrained=config.pretrained)
@@ -294,7 +328,10 @@ def _model(result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: 
     # The first few passes after tracing can take nearly twice as long as the rest (measured:
     # 5.1 s, 5.1 s, 5.1 s, then 2.8 s for 96 images); each fit row is its fastest of three.
     seconds = _timed(lambda: model.fit(steps_in_memory, epochs=1, verbose=0, shuffle=False), repeats=3)
-    result.stages.append(Stage("fit_in_memory", "fine-tuning steps, in-memory tensors", steps * batch, seconds))
+    peak = _peak_megabytes(lambda: model.fit(in_memory, epochs=1, verbose=0, shuffle=False))
+    result.stages.append(Stage("fit_in_memory", "fine-tuning steps, in-memory tensors", steps * batch, seconds, peak))
+    if accumulate > 1:
+        _accumulated(result, model, x, labels, steps, accumulate)
     _drain(files)  # the first epoch compiles the warp, as in the first epoch of a run
     seconds = _timed(lambda: model.fit(files, epochs=1, verbose=0, shuffle=False), repeats=3)
     result.stages.append(Stage("fit_from_files", "fine-tuning epoch, from files, augmented", len(fit_frame), seconds))

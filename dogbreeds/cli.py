@@ -271,6 +271,9 @@ def bench(
     images: int = typer.Option(512, help="Training images the loaders read."),
     model_images: int = typer.Option(128, help="Images the model sees in the forward, submit and fine-tuning figures."),
     precision: Literal[PRECISIONS] = typer.Option("auto", help="As for train: auto picks by device."),
+    accumulate: int = typer.Option(
+        1, help="Also time fine-tuning at batches of --batch-size / N, N an update, with both rows' peak memory."
+    ),
     **options,
 ):
     """Images/s of the legacy and default loaders, decoding, the forward pass and submit, side by side."""
@@ -289,6 +292,7 @@ def bench(
         model_images=model_images,
         tta=o.tta,
         precision=precision,
+        accumulate=accumulate,
     )
     typer.echo(json.dumps(result.to_dict(), indent=2) if o.json else result.text())
 

@@ -17,6 +17,7 @@ STAGES = {
     "submit",
     "fit_in_memory",
     "fit_from_files",
+    "fit_accumulated",
 }
 
 
@@ -24,7 +25,7 @@ def test_bench_measures_every_stage_on_generated_photos(tmp_path):
     result = dogbreeds(
         "bench",
         *("--backbone", "tiny_cnn", "--image-size", 48, "--batch-size", 8),
-        *("--images", 24, "--model-images", 16, "--json"),
+        *("--images", 24, "--model-images", 16, "--accumulate", 2, "--json"),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -38,12 +39,15 @@ def test_bench_measures_every_stage_on_generated_photos(tmp_path):
         24,
         16,
     )
-    assert settings["tta"] is True and settings["augmentation"]["rotation"] == 15.0
+    assert settings["tta"] is True and settings["augmentation"]["rotation"] == 15.0 and settings["accumulate"] == 2
     for key in ("device", "cpus", "precision", "tensorflow", "keras", "load_average_before", "load_average_after"):
         assert figures["machine"][key] is not None, key
     assert {stage["name"] for stage in figures["stages"]} == set(figures["rates"]) == STAGES
     for stage in figures["stages"]:
         assert stage["images"] > 0 and stage["seconds"] > 0 and stage["images_per_second"] > 0, stage
+    peaks = {stage["name"]: stage["peak_megabytes"] for stage in figures["stages"]}
+    assert peaks["fit_in_memory"] > 0 and peaks["fit_accumulated"] >= 0  # batch 8, then 2 x 4 an update
+    assert peaks["forward"] is None  # measured for the training steps only
     assert set(figures["ratios"]) == {
         "tfdata_vs_legacy",
         "strong_vs_legacy",
