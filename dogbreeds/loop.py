@@ -222,17 +222,16 @@ class KeepToBudget(keras.callbacks.Callback):
 
 @keras.saving.register_keras_serializable("dogbreeds")
 class FineTuneAdam(keras.optimizers.Adam):
-    """Adam for fine-tuning: a rate scaled per variable (layer-wise decay), and a moving average
-    of the weights that warms up.
+    """Adam for fine-tuning: a rate scaled per variable (layer-wise decay), and Keras' moving
+    average of the weights, moved once per update when gradients are accumulated.
 
     Keras has no parameter groups; every backend's apply step calls `update_step` once per
     variable with the rate of that step, so scaling the rate there scales that variable alone.
     (The TensorFlow backend hands it the backend's variable, so the factor is found by index.)
 
-    Keras' `use_ema` averages with one momentum from the first step, so after a few dozen steps
-    the average is still mostly the weights fine-tuning started from. As timm's model EMA does,
-    the momentum at step t is min(ema_momentum, (1 + t) / (10 + t)): the average follows the
-    weights closely at first and settles to the given momentum (0.99 from step 890 on).
+    Keras' average has one momentum from the first step, so a short fine-tuning's average stays
+    near the weights it started from. That is kept on purpose: timm's warm-up (an average that
+    follows the weights closely at first) measured worse on short runs (docs/recipes.md).
     """
 
     def __init__(self, *args, rate_factors: dict[str, float] | None = None, **kwargs):
@@ -248,12 +247,10 @@ class FineTuneAdam(keras.optimizers.Adam):
         return super().update_step(gradient, variable, learning_rate * factor if factor != 1.0 else learning_rate)
 
     def _update_model_variables_moving_average(self, trainable_variables):
-        """Keras' own update (base_optimizer.py), with the warmed-up momentum."""
+        """Keras' own update (base_optimizer.py), skipped on the batches that only accumulate."""
         if not self.use_ema:
             return
-        step = keras.ops.cast(self.iterations, "float32")
-        warm = keras.ops.minimum(self.ema_momentum, (1.0 + step) / (10.0 + step))
-        momentum = keras.ops.where(keras.ops.equal(self.iterations, 0), 0.0, warm)  # the first step copies
+        momentum = keras.ops.where(keras.ops.equal(self.iterations, 0), 0.0, self.ema_momentum)  # the first copies
         if self.gradient_accumulation_steps:  # Keras averages after every batch; the weights move once in N
             updated = (self._iterations + 1) % self.gradient_accumulation_steps == 0
             momentum = keras.ops.where(updated, momentum, 1.0)

@@ -57,10 +57,9 @@ def test_the_average_and_the_cosine_count_updates_not_batches():
     record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(float(weight[0, 0])))
     model.fit(np.ones((20, 1)), np.ones((20, 1)), batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[record])
     updated = seen[1::2]  # the weights after each of the ten updates
-    expected = updated[0]
-    for t, weight in enumerate(updated[1:], start=1):
-        momentum = min(0.99, (1 + t) / (10 + t))
-        expected = momentum * expected + (1 - momentum) * weight
+    expected = updated[0]  # Keras' average: the first update copies, then momentum 0.99
+    for weight in updated[1:]:
+        expected = 0.99 * expected + 0.01 * weight
     average = float(model.optimizer._model_variables_moving_average[0][0, 0])
     assert average == pytest.approx(expected, rel=1e-5)
 

@@ -147,29 +147,6 @@ def test_every_recipe_trains_the_head_at_a_constant_rate(recipe):
     assert fine_tune.optimizer().use_ema == config.ema
 
 
-def test_the_moving_average_warms_up():
-    """After t steps the average has momentum min(0.99, (1 + t) / (10 + t)) (timm's warm-up), so
-    that a short fine-tuning's average is not the weights it started from, as Keras' own is."""
-    from dogbreeds.loop import FineTuneAdam
-
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
-    model.compile(FineTuneAdam(0.1, use_ema=True, ema_momentum=0.99), "mse")
-    seen = []
-    weight = model.weights[0]
-    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(float(weight[0, 0])))
-    model.fit(np.ones((20, 1)), np.ones((20, 1)), batch_size=1, epochs=1, shuffle=False, verbose=0, callbacks=[record])
-    expected = seen[0]
-    for t, weight in enumerate(seen[1:], start=1):
-        momentum = min(0.99, (1 + t) / (10 + t))
-        expected = momentum * expected + (1 - momentum) * weight
-    average = float(model.optimizer._model_variables_moving_average[0][0, 0])
-    assert average == pytest.approx(expected, rel=1e-5)
-    plain = seen[0]  # Keras' average with the same weights: still near the start after 20 steps
-    for weight in seen[1:]:
-        plain = 0.99 * plain + 0.01 * weight
-    assert seen[-1] - average < 0.5 * (seen[-1] - plain)
-
-
 def test_options_override_the_recipe_and_old_runs_read_as_classic():
     config = TrainConfig(recipe="strong", ema=False, batch_augmentation=BatchAugmentation(mixup=0.0))
     assert config.ema is False and config.batch_augmentation.mixup == 0.0
