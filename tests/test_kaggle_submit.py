@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import enum
 import importlib.util
+import json
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
@@ -300,3 +304,73 @@ def test_kaggle_submit_answers_without_tensorflow(tmp_path, csv):
     command = [sys.executable, "-c", textwrap.dedent(LIGHT), "kaggle-submit", str(csv), "-m", "x"]
     found = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert found.stdout.split() == ["2", "False", "False"], found.stderr
+
+
+class FakeKaggle(BaseHTTPRequestHandler):
+    """Kaggle's API on the loopback, as the kaggle package calls it through an HTTP proxy (the
+    request line holds the whole address): the upload, the submission, then its list, pending
+    at the first look and scored after."""
+
+    def do_POST(self):
+        name = urlsplit(self.path).path.rsplit("/", 1)[-1]
+        self.server.calls.append((name, json.loads(self.body() or b"{}")))
+        looks = sum(call == "ListSubmissions" for call, _ in self.server.calls)
+        mine = {"ref": 4242, "description": "first try", "status": "PENDING" if looks < 2 else "COMPLETE"}
+        answer = {
+            "StartSubmissionUpload": {"token": "blob-token", "createUrl": "http://localhost/upload/blend.csv"},
+            "CreateSubmission": {"message": "Successfully submitted to Dog Breed Identification", "ref": 4242},
+            "ListSubmissions": {"submissions": [{**mine, "publicScore": "0.41230"} if looks >= 2 else mine]},
+        }[name]
+        self.reply(json.dumps(answer).encode(), "application/json")
+
+    def do_PUT(self):
+        self.server.uploaded = self.body()
+        self.reply(b"", "text/plain")
+
+    def body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding") != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        data = b""
+        while size := int(self.rfile.readline().split(b";")[0], 16):
+            data += self.rfile.read(size)
+            self.rfile.readline()
+        self.rfile.readline()
+        return data
+
+    def reply(self, data: bytes, kind: str):
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *_):
+        pass
+
+
+@pytest.mark.skipif(importlib.util.find_spec("kaggle") is None, reason="the kaggle extra is not installed")
+def test_the_installed_package_end_to_end_against_a_fake_kaggle_on_the_loopback(tmp_path, csv):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeKaggle)
+    server.calls, server.uploaded = [], None
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = f"http://127.0.0.1:{server.server_address[1]}"
+    env = {k: v for k, v in without_kaggle_variables().items() if k.lower() not in ("no_proxy", "https_proxy")}
+    env.update(
+        HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "xdg"), DOGBREEDS_KAGGLE_ROOT=str(tmp_path / "not-kaggle"),
+        KAGGLE_API_ENVIRONMENT="LOCALHOST", HTTP_PROXY=proxy, http_proxy=proxy,  # http://localhost, through us
+        KAGGLE_USERNAME="someone", KAGGLE_KEY="0123456789abcdef",
+    )  # fmt: skip
+    command = [sys.executable, "-m", "dogbreeds", "kaggle-submit", str(csv), "-m", "first try", "--poll", "0.05"]
+    try:
+        found = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert found.returncode == 0, found.stderr
+    assert server.uploaded == CSV.encode()
+    names = [name for name, _ in server.calls]
+    assert names == ["StartSubmissionUpload", "CreateSubmission", "ListSubmissions", "ListSubmissions"]
+    start, create = server.calls[0][1], server.calls[1][1]
+    assert (start["competitionName"], start["fileName"]) == ("dog-breed-identification", "blend.csv")
+    assert (create["submissionDescription"], create["blobFileTokens"]) == ("first try", "blob-token")
+    assert f"sent {csv} to dog-breed-identification as submission 4242" in found.stdout
+    assert found.stdout.strip().splitlines()[-1] == "public score 0.41230 (dog-breed-identification, blend.csv)"
