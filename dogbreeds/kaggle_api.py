@@ -150,12 +150,13 @@ def _refused(error: OSError, competition: str, source: str) -> DogbreedsError:
             f"Kaggle has no competition {competition!r} taking submissions ({said}): --competition is the name in "
             "the competition's address, as dog-breed-identification"
         )
-    return DogbreedsError(f"Kaggle answered {said}")
+    return DogbreedsError(f"Kaggle answered {said}" + (": try again later" if status == 429 or status >= 500 else ""))
 
 
 def _on_a_kernel(path: Path) -> DogbreedsError:
     working = kaggle_root() / "working"
-    where = f"{path} is in it" if working in path.resolve().parents else f"copy {path} into {working} first"
+    inside = working.resolve() in path.resolve().parents
+    where = f"{path} is in it" if inside else f"copy {path} into {working} first"
     return DogbreedsError(
         f"a Kaggle kernel submits through its notebook's output, not the API: {where}; save a version, then "
         "Submit from the notebook's Output (or the competition's Submit Prediction)"

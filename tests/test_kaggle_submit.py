@@ -157,6 +157,9 @@ def test_on_a_kernel_one_line_says_the_notebook_output_submits(client, csv, tmp_
     line = one_error_line(dogbreeds("kaggle-submit", csv, "-m", "first try"))
     assert "a Kaggle kernel submits through its notebook's output" in line
     assert f"copy {csv} into {root / 'working'}" in line
+    output = root / "working" / "submission.csv"
+    output.write_text(CSV)
+    assert f"{output} is in it" in one_error_line(dogbreeds("kaggle-submit", output, "-m", "first try"))
     assert not client.sent and csv.read_text() == CSV
 
 
