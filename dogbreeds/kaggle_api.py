@@ -5,9 +5,9 @@ file is sent. Importing it authenticates at once: where it finds no credentials,
 releases print a page of help and exit, its 1.7 releases raise. So the credentials are looked
 for first, in the places the package reads them, and whatever the import prints, raises or exits
 with becomes the one line of a `DogbreedsError`; so do the network's failures and Kaggle's
-refusals (requests' errors are OSErrors). Each such line ends with the command that sends the
-file again, which stays where it was written. A Kaggle kernel submits through its notebook's
-output instead, which is said in one line.
+refusals (requests' errors are OSErrors). The line of a file not sent ends with the command
+that sends it again: the file stays where it was written. A Kaggle kernel submits through its
+notebook's output instead, which is said in one line.
 
 `competition_submit` and `competition_submissions` are what `kaggle competitions submit` and
 `kaggle competitions submissions` call, with the same arguments since 1.7. `connect` is the one
@@ -170,7 +170,7 @@ class Sent:
     path: Path
     description: str
     competition: str
-    ref: int  # Kaggle's number for it (0 where an old release does not say: then found by description)
+    ref: int  # Kaggle's number for it (0 if its answer left it out: then it is found by its description)
     answer: str  # what Kaggle said
     source: str  # where the credentials were
     api: object = field(repr=False, default=None)
@@ -212,13 +212,13 @@ def send(path: str | Path, message: str, competition: str) -> Sent:
 
 
 def _status(submission) -> str:
-    """pending, complete or error: kagglesdk's enum, or the string of older releases."""
+    """pending, complete or error: the name of kagglesdk's SubmissionStatus."""
     status = getattr(submission, "status", None)
     return str(getattr(status, "name", status) or "pending").lower()
 
 
 def _score(submission, name: str) -> str | None:
-    value = getattr(submission, f"{name}_score", None) or getattr(submission, f"{name}Score", None)
+    value = getattr(submission, f"{name}_score", None)
     return str(value) if value not in (None, "") else None
 
 
@@ -260,7 +260,7 @@ def wait_for_score(sent: Sent, wait: float, poll: float) -> Score:
             if status == "complete":
                 return Score(sent, _score(mine, "public"), _score(mine, "private"), status, wait)
             if status == "error":
-                reason = getattr(mine, "error_description", None) or getattr(mine, "errorDescription", None)
+                reason = getattr(mine, "error_description", None)
                 raise DogbreedsError(
                     f"Kaggle could not score {sent.path} ({reason or 'no reason given'}): fix the file and send it "
                     f"again; {url(sent.competition)} shows the submission"
