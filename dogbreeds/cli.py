@@ -32,7 +32,7 @@ from dogbreeds.settings import PRECISIONS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # its ERROR lines on a CPU (no CUDA, no AVX-512) are not errors
 
-LIGHT_COMMANDS = {"runs", "score"}  # JSON and CSV files only: answer at once, without TensorFlow
+LIGHT_COMMANDS = {"runs", "score", "kaggle-submit"}  # files and Kaggle: answer at once, without TensorFlow
 DEBUG = "dogbreeds.debug"  # the context's meta key of --debug
 STARTED = "dogbreeds.started"  # when the command started: --time-budget counts from there
 
@@ -167,8 +167,21 @@ def train(
     typer.echo(training.train(config, run_dir=str(run_dir) if run_dir else None, budget=budget).text())
 
 
+def _send_to_kaggle(csv: Path, message: str, o: PredictOptions) -> None:
+    """A written submission sent to Kaggle, then its public score: `submit --kaggle`, `kaggle-submit`."""
+    from dogbreeds import kaggle_api
+
+    sent = kaggle_api.send(csv, message, o.competition)
+    typer.echo(sent.text())
+    if o.wait > 0:
+        typer.echo(kaggle_api.wait_for_score(sent, o.wait, o.poll).text())
+
+
 @app.command()
-@with_config_options(PredictOptions, "run", "data", "out", "force", "tta", "calibrate", "batch_size", "strategy")
+@with_config_options(
+    PredictOptions, "run", "data", "out", "force", "tta", "calibrate", "batch_size", "strategy", "kaggle",
+    "competition", "wait", "poll",
+)  # fmt: skip
 def submit(**options):
     """Predict every test image and write a submission CSV in the sample_submission format."""
     from dogbreeds.submission import submit as write_submission
@@ -179,6 +192,19 @@ def submit(**options):
         strategy=o.strategy,
     )  # fmt: skip
     typer.echo(result.text())
+    if o.kaggle is not None:  # the CSV is written whatever happens next
+        _send_to_kaggle(result.also or result.path, o.kaggle, o)
+
+
+@app.command()
+@with_config_options(PredictOptions, "competition", "wait", "poll")
+def kaggle_submit(
+    csv: Path = typer.Argument(..., help="A submission CSV (submit's or blend's)."),
+    message: str = typer.Option(..., "--message", "-m", help="The submission's description on Kaggle."),
+    **options,
+):
+    """Send a submission CSV to the Kaggle competition, then print its public score (the kaggle extra)."""
+    _send_to_kaggle(csv, message, PredictOptions(**options))
 
 
 @app.command()

@@ -18,6 +18,7 @@ from pathlib import Path
 from dogbreeds import __version__
 from dogbreeds.errors import DogbreedsError, damaged
 from dogbreeds.options import check_options, option, require, type_problem
+from dogbreeds.places import COMPETITION
 from dogbreeds.settings import (
     PRECISIONS,
     STRATEGIES,
@@ -362,8 +363,8 @@ class TrainConfig:
 @dataclass(frozen=True)
 class PredictOptions:
     """The options of the commands that use trained runs (submit, evaluate, predict, blend, export,
-    and bench's output), declared once: each command takes the ones it needs, with one name, one
-    meaning and one help everywhere."""
+    and bench's output) and send what they wrote (kaggle-submit), declared once: each command takes
+    the ones it needs, with one name, one meaning and one help everywhere."""
 
     run: str | None = option(None, "Run folder or name under runs/. Default: the newest run.")
     data: str | None = option(None, "Competition folder. Default: the run's.")
@@ -384,6 +385,15 @@ class PredictOptions:
     )  # fmt: skip
     top: int = option(5, "How many breeds to show per image.", at_least=1)
     json: bool = option(False, "Print JSON instead of text (predict: one object per line; bench: the figures).")
+    kaggle: str | None = option(
+        None,
+        "Then send the CSV to Kaggle with this message and print its public score (the kaggle extra: "
+        "docs/kaggle_submit.md).",
+        shown_default="not sent",
+    )
+    competition: str = option(COMPETITION, "The Kaggle competition to send to: the name in its address.")
+    wait: float = option(600.0, "Seconds to wait for Kaggle's public score after sending (0: do not wait).", at_least=0)
+    poll: float = option(10.0, "Seconds between two looks at the submission's status while waiting.", positive=True)
 
     def __post_init__(self) -> None:
         check_options(self)

@@ -21,7 +21,7 @@ OPTIONS_PAGE = PACKAGE.parent / "docs" / "options.md"
 LAYERS = [
     {"errors", "metrics", "images", "synthetic"},
     {"files", "options", "calibration", "places"},
-    {"settings", "hub"},
+    {"settings", "hub", "kaggle_api"},
     {"config", "competition", "runs", "models", "distribute", "augmentation"},
     {"pipeline"},
     {"report", "cache"},
