@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -174,6 +175,17 @@ def test_evaluate_draws_each_example_under_the_map_of_the_fold_that_held_it_out(
     alone, _ = heat_maps(Predictor.open(run / f"fold-{fold}"), first, breed)
     np.testing.assert_allclose(result.heat_maps[0], alone[0], atol=1e-5)
     write_evaluation(result)
+    assert (run / "examples.png").read_bytes()[:8] == PNG
+
+
+def test_evaluate_without_the_backbone_weights_draws_the_examples_without_maps(kfold_features_run, tmp_path):
+    """A features run's vectors are cached, so it evaluates where its backbone's weights are not."""
+    run = shutil.copytree(kfold_features_run, tmp_path / "moved")
+    for config in run.rglob("config.json"):
+        config.write_text(config.read_text().replace('"weights": "none"', f'"weights": "{tmp_path / "gone.h5"}"'))
+    result = dogbreeds("evaluate", "--run", run)
+    assert result.returncode == 0, result.stderr
+    assert "warning: examples.png without heat maps: --weights" in result.stderr and "gone.h5" in result.stderr
     assert (run / "examples.png").read_bytes()[:8] == PNG
 
 
