@@ -114,6 +114,18 @@ def pooled_backbone(spec: FeatureSpec) -> keras.Model:
     return keras.Model(backbone.input, pooled, name=f"{spec.backbone}_features")
 
 
+def view_loader(spec: FeatureSpec, batch_size: int) -> TFDataLoader:
+    """The loader that feeds an entry's backbone: its image size and preprocessing, and the
+    augmentation and seed its augmented views draw from."""
+    return TFDataLoader(
+        image_size=spec.image_size,
+        batch_size=batch_size,
+        preprocess=get_backbone(spec.backbone).preprocess,
+        augmentation=spec.augmentation,
+        seed=spec.seed,
+    )
+
+
 class FeatureCache:
     """Pooled backbone features on disk, computed at most once for each key."""
 
@@ -177,13 +189,7 @@ class FeatureCache:
         shape = (len(images), model.output_shape[-1])
         done = _resumable(store, progress, shape)
         array = open_memmap(store, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
-        loader = TFDataLoader(
-            image_size=spec.image_size,
-            batch_size=self.batch_size,
-            preprocess=get_backbone(spec.backbone).preprocess,
-            augmentation=spec.augmentation,
-            seed=spec.seed,
-        )
+        loader = view_loader(spec, self.batch_size)
         batches = loader.prediction(images.iloc[done:], view=spec.view, first_batch=done // self.batch_size)
         description = f"{spec.backbone} {spec.image_size}px {view_name(spec.view)}"
         with tqdm(total=len(images), initial=done, unit="img", desc=description, dynamic_ncols=True) as bar:

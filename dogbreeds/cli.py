@@ -236,6 +236,26 @@ def predict(
 
 
 @app.command()
+@with_config_options(PredictOptions, "run", "out", "force", "top", "tta", "calibrate")
+def explain(
+    images: list[Path] = typer.Argument(..., help="JPEG or PNG files, or folders of them (searched with sub-folders)."),
+    breed: Optional[str] = typer.Option(
+        None, "--breed", help="Map this breed instead of the predicted one (the run's classes.json names them)."
+    ),
+    **options,
+):
+    """Where the network looks: each photo beside its Grad-CAM heat map of the predicted breed,
+    the top breeds above, in OUT/<photo name>-gradcam.png."""
+    from dogbreeds.explain import explain_images
+
+    o = PredictOptions(**options)
+    result = explain_images(
+        images, o.run, breed=breed, out=o.out, force=o.force, top=o.top, tta=o.tta, calibrate=o.calibrate
+    )
+    typer.echo(result.text())
+
+
+@app.command()
 @with_config_options(PredictOptions, "run", "out", "force")
 def export(
     format: str = typer.Option(..., "--format", help="savedmodel, tflite or keras."),

@@ -362,16 +362,16 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictOptions:
-    """The options of the commands that use trained runs (submit, evaluate, predict, blend, export,
-    and bench's output) and send what they wrote (kaggle-submit), declared once: each command takes
-    the ones it needs, with one name, one meaning and one help everywhere."""
+    """The options of the commands that use trained runs (submit, evaluate, predict, explain, blend,
+    export, and bench's output) and send what they wrote (kaggle-submit), declared once: each command
+    takes the ones it needs, with one name, one meaning and one help everywhere."""
 
     run: str | None = option(None, "Run folder or name under runs/. Default: the newest run.")
     data: str | None = option(None, "Competition folder. Default: the run's.")
     out: str | None = option(
         None,
         "Where to write. Default: submissions/<run name>.csv (blend: submissions/blend-<time>.csv; "
-        "export: RUN/export-FORMAT).",
+        "export: RUN/export-FORMAT; explain: the folder explain/).",
     )
     force: bool = option(False, "Replace what --out names.")
     tta: bool = option(True, TTA_HELP)

@@ -4,8 +4,9 @@ The images are the run's held-out ones, as its held-out predictions name them (t
 or every labelled image out of fold for a k-fold run): the images the model was selected on
 but never trained on. `evaluate` computes (an `Evaluation`), `write_evaluation` draws and
 writes it into the run folder: evaluation.json and evaluation.md (figures and tables),
-confusion.png, examples.png, reliability.png, and calibration.json, which `submit` and
-`predict` then apply.
+confusion.png, examples.png (its most confident mistakes first, each under the Grad-CAM heat map
+of the breed it predicted: where the network looked), reliability.png, and calibration.json,
+which `submit` and `predict` then apply.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import pandas as pd
 
 from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, fit_calibration, reliability
 from dogbreeds.config import TrainConfig
+from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.explain import heat_maps
 from dogbreeds.inference import Predictor
 from dogbreeds.metrics import clip, confusion_matrix, top_k_accuracy
 from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
@@ -100,6 +103,8 @@ class Evaluation:
     images: pd.DataFrame  # the held-out images: id, path, label
     classes: list[str]
     raw: np.ndarray  # their predicted probabilities, before calibration
+    shown: np.ndarray  # the rows examples.png shows, in its order
+    heat_maps: np.ndarray | None  # theirs, of the predicted breed (None: the backbone could not be built)
     files: list[Path] = field(default_factory=list)  # what write_evaluation wrote
 
     def to_json(self) -> str:
@@ -238,7 +243,22 @@ def evaluate(
         "ece_after": reliability(after, labels)["ece"],
     }
     per_breed = per_breed_table(after, labels, classes)
-    return Evaluation(opened, summary, per_breed, pairs, calibration, images, classes, raw)
+    shown = example_order(labels, after, seed=config.seed)
+    return Evaluation(
+        opened, summary, per_breed, pairs, calibration, images, classes, raw, shown,
+        _heat_maps(predictor, images.iloc[shown], predicted[shown]),
+    )  # fmt: skip
+
+
+def _heat_maps(predictor: Predictor, images: pd.DataFrame, breeds: np.ndarray) -> np.ndarray | None:
+    """The examples' maps, each by the model that made its prediction (a k-fold run: the fold that
+    held the image out). Without them (a features run whose backbone weights are not on this
+    machine: its vectors were cached) examples.png is drawn as before, and a warning says why."""
+    try:
+        return heat_maps(predictor, images, breeds, held_out=True)[0]
+    except DogbreedsError as error:
+        log.warning(f"examples.png without heat maps: {error}")
+        return None
 
 
 def write_evaluation(result: Evaluation) -> Evaluation:
@@ -260,7 +280,7 @@ def _write(result: Evaluation) -> Evaluation:
         title=f"Confusion matrix of {run.name}: {len(labels)} validation images, accuracy {summary['accuracy']:.1%}",
         pairs=list(zip(pairs["breed_a"].head(5), pairs["breed_b"].head(5))),
     )
-    shown = example_order(labels, after, seed=summary["seed"])
+    shown = result.shown
     n_wrong = int((predicted[shown] != labels[shown]).sum())
     plot_examples(
         result.images["path"].iloc[shown].tolist(),
@@ -271,6 +291,7 @@ def _write(result: Evaluation) -> Evaluation:
         run.file(Run.examples_plot),
         title=f"{run.name}, validation images: {n_wrong} of the {int((predicted != labels).sum())} mistakes "
         f"(most confident first), then {len(shown) - n_wrong} right predictions at random; calibrated probabilities",
+        heat_maps=None if result.heat_maps is None else list(result.heat_maps),
     )
     plot_reliability(
         {

@@ -1,17 +1,21 @@
-"""Reading image files' headers: what each photo's EXIF orientation is, and which files are broken.
+"""Reading image files' headers: what each photo's EXIF orientation is, and which files are broken;
+and the photos a user names (files, or folders of them).
 
-Pillow only, so commands that check images before any model (submit, predict, train) find a
-bad file at once, with its name, and nothing here starts TensorFlow.
+Pillow only, so commands that check images before any model (submit, predict, explain, train)
+find a bad file at once, with its name, and nothing here starts TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
+
+from dogbreeds.errors import DogbreedsError, log
 
 EXIF_ORIENTATION = 0x0112
 
@@ -75,3 +79,45 @@ def inspect_images(paths: list[str]) -> pd.DataFrame:
             "problem": [r[1] for r in results],
         }
     )
+
+
+FOLDER_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a folder is searched for
+
+
+def image_paths(inputs: list[str | Path]) -> list[Path]:
+    """Files as given, in the given order; folders searched (with sub-folders) for JPEG and PNG files."""
+    if not inputs:
+        raise DogbreedsError("no images given: pass image files or folders of them")
+    paths: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = sorted(
+                p
+                for p in given.rglob("*")
+                if p.suffix.lower() in FOLDER_SUFFIXES and p.is_file() and not p.name.startswith(".")
+            )
+            inside = [p for p in found if p.resolve().is_relative_to(given.resolve())]
+            if len(inside) < len(found):  # a link out of the folder is not one of its photos
+                log.warning(f"{given}: skipped {len(found) - len(inside)} link(s) to files outside it")
+            if not inside:
+                raise DogbreedsError(f"{given} holds no .jpg, .jpeg or .png files; pass a folder of photos")
+            paths.extend(inside)
+        elif given.is_file():
+            paths.append(given)
+        else:
+            raise DogbreedsError(f"{given} not found: pass JPEG or PNG files, or folders of them")
+    return paths
+
+
+def checked_images(paths: list[Path]) -> pd.DataFrame:
+    """Every file's header read once, so that a broken one is named before any prediction."""
+    images = inspect_images([str(p) for p in paths])
+    broken = images[images["problem"] != ""]
+    if len(broken):
+        first = broken.iloc[0]
+        raise DogbreedsError(
+            f"{first['path']} is not a readable image ({first['problem']})"
+            + (f" (and {len(broken) - 1} more)" if len(broken) > 1 else "")
+            + "; pass JPEG, PNG, GIF, BMP or WebP files"
+        )
+    return images

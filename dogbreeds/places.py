@@ -41,6 +41,11 @@ def submissions_dir() -> Path:
     return _working("submissions")
 
 
+def explain_dir() -> Path:
+    """explain/, or /kaggle/working/explain on a kernel: `dogbreeds explain`'s pictures."""
+    return _working("explain")
+
+
 def kaggle_submission() -> Path | None:
     """/kaggle/working/submission.csv on a kernel: the file a kernel submits."""
     root = kaggle_root()

@@ -1,4 +1,5 @@
-"""Pictures of a run: training history, confusion matrix, validation examples, reliability.
+"""Pictures of a run: training history, confusion matrix, validation examples, reliability, and
+photos under the Grad-CAM heat map of a breed.
 
 Each is meant to be read at a glance: a title saying what it shows, labelled axes, a legend,
 and at 120 classes only the names worth reading. Files are written atomically.
@@ -14,7 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize, PowerNorm  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
@@ -22,6 +24,7 @@ from PIL import Image, ImageOps  # noqa: E402
 from dogbreeds.files import temporary_sibling  # noqa: E402
 
 RIGHT, WRONG = "#1a7f37", "#c62828"  # green and red that stay apart in greyscale print too
+HEAT, HEAT_ALPHA = "jet", 0.45  # Grad-CAM's usual colours (blue: nothing for the breed, red: most), the photo showing
 
 
 def _save(fig, out: Path, dpi: int = 100) -> Path:
@@ -140,6 +143,19 @@ def _thumbnail(path: str, size: int = 256) -> Image.Image:
         return image
 
 
+def _under_heat(ax, photo: Image.Image, heat_map: np.ndarray | None):
+    """The photo, and the heat map (values 0 to 1) stretched over all of it: the network saw the
+    whole photo squeezed into its square, so each cell of the map covers the same share of the photo."""
+    ax.imshow(photo)
+    if heat_map is None:
+        return None
+    width, height = photo.size
+    extent = (-0.5, width - 0.5, height - 0.5, -0.5)
+    return ax.imshow(
+        heat_map, cmap=HEAT, alpha=HEAT_ALPHA, vmin=0, vmax=1, interpolation="bilinear", extent=extent
+    )
+
+
 def plot_examples(
     paths: list[str],
     truth: list[str],
@@ -150,14 +166,21 @@ def plot_examples(
     *,
     title: str = "",
     columns: int = 6,
+    heat_maps: list[np.ndarray] | None = None,
 ) -> Path:
-    """A grid of images, each titled with its true and predicted breed and their probabilities."""
+    """A grid of images, each titled with its true and predicted breed and their probabilities;
+    with `heat_maps`, each under its map (Grad-CAM of the predicted breed)."""
     rows = max(1, -(-len(paths) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, 3.0 * rows + 0.9), squeeze=False)
+    top = 0.5 if heat_maps is None else 0.85  # inches above the grid: the title (and the legend's own line)
+    height = 3.0 * rows + 0.4 + top
+    fig, axes = plt.subplots(rows, columns, figsize=(2.7 * columns, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, path, t, tp, p, pp in zip(axes.flat, paths, truth, truth_probability, predicted, predicted_probability):
-        ax.imshow(_thumbnail(path))
+    maps = heat_maps if heat_maps is not None else [None] * len(paths)
+    for ax, path, t, tp, p, pp, heat_map in zip(
+        axes.flat, paths, truth, truth_probability, predicted, predicted_probability, maps
+    ):
+        _under_heat(ax, _thumbnail(path), heat_map)
         right = t == p
         label = f"true and predicted:\n{t} ({pp:.0%})" if right else f"true: {t} ({tp:.0%})\npredicted: {p} ({pp:.0%})"
         ax.set_title(label, fontsize=8.5, color=RIGHT if right else WRONG)
@@ -165,15 +188,33 @@ def plot_examples(
             spine.set(visible=True, color=RIGHT if right else WRONG, linewidth=3)
         ax.set(xticks=[], yticks=[])
         ax.axis("on")
-    fig.legend(
-        handles=[Patch(color=WRONG, label="wrong prediction"), Patch(color=RIGHT, label="right prediction")],
-        loc="upper right",
-        ncol=2,
-        fontsize=9,
-        frameon=False,
-    )
+    handles = [Patch(color=WRONG, label="wrong prediction"), Patch(color=RIGHT, label="right prediction")]
+    if heat_maps is None:
+        fig.legend(handles=handles, loc="upper right", ncol=2, fontsize=9, frameon=False)
+    else:
+        where = "where the network looked: Grad-CAM of the predicted breed, from blue (nothing) to red (most)"
+        handles.append(Patch(color=plt.get_cmap(HEAT)(0.9), alpha=HEAT_ALPHA, label=where))
+        below_title = (0.005, 1 - 0.4 / height)
+        fig.legend(handles=handles, loc="upper left", bbox_to_anchor=below_title, ncol=3, fontsize=9, frameon=False)
     fig.suptitle(title, x=0.01, ha="left", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * rows + 0.9)))
+    fig.tight_layout(rect=(0, 0, 1, 1 - top / height))
+    return _save(fig, out)
+
+
+def plot_explanation(path: str, heat_map: np.ndarray, out: Path, *, title: str, caption: str) -> Path:
+    """The photo as it is beside the photo under the heat map of one breed, so that the dog is
+    seen unhidden too, with a colour bar; `title` above both, `caption` over the heat map."""
+    photo = _thumbnail(path, size=512)
+    fig, (plain, heated) = plt.subplots(1, 2, figsize=(10, 4.6), layout="constrained")
+    plain.imshow(photo)
+    plain.set_title("the photo", fontsize=10)
+    _under_heat(heated, photo, heat_map)
+    heated.set_title(caption, fontsize=10)
+    for ax in (plain, heated):
+        ax.set(xticks=[], yticks=[])
+    scale = ScalarMappable(Normalize(0, 1), HEAT)  # the colours at full strength, not as blended
+    fig.colorbar(scale, ax=[plain, heated], fraction=0.025, pad=0.01, label="Grad-CAM: share of the map's peak")
+    fig.suptitle(title, x=0.01, ha="left", fontsize=11)
     return _save(fig, out)
 
 

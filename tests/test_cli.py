@@ -63,6 +63,7 @@ def test_the_image_size_defaults_to_the_backbones(competition, tmp_path):
         (["evaluate", "--batch-size", 0], "--batch-size must be at least 1, got 0"),
         (["blend", "a", "b", "--batch-size", 0], "--batch-size must be at least 1, got 0"),
         (["predict", "x.jpg", "--top", 0], "--top must be at least 1, got 0"),
+        (["explain", "x.jpg", "--top", 0], "--top must be at least 1, got 0"),
     ],
 )
 def test_the_prediction_options_are_checked_alike_in_every_command(args, message, tmp_path):

@@ -19,21 +19,22 @@ OPTIONS_PAGE = PACKAGE.parent / "docs" / "options.md"
 # Lowest first: a module imports only from layers below its own (docs/design.md draws them).
 # `cifar` is a subpackage, one node here: its modules are checked together.
 LAYERS = [
-    {"errors", "metrics", "images", "synthetic"},
-    {"files", "options", "calibration", "places"},
+    {"errors", "metrics", "synthetic"},
+    {"files", "options", "calibration", "places", "images"},
     {"settings", "hub", "kaggle_api"},
     {"config", "competition", "runs", "models", "distribute", "augmentation"},
     {"pipeline"},
     {"report", "cache"},
     {"heads", "inference", "loop"},  # below the jobs: they take small settings, never the whole config
-    {"training", "submission", "scoring"},  # the jobs: a run, a submission, a score
+    {"training", "submission", "scoring", "explain"},  # the jobs: a run, a submission, a score, heat maps
     {"evaluation", "prediction", "listing", "bench", "cifar", "demo", "blending", "exporting"},  # commands, siblings
     {"cli"},
     {"__main__"},
 ]
-JOBS = LAYERS.index({"training", "submission", "scoring"})
+JOBS = LAYERS.index({"training", "submission", "scoring", "explain"})
 PREDICTION_SIDE = {
-    "submission", "evaluation", "prediction", "exporting", "inference", "metrics", "calibration", "report", "scoring"
+    "submission", "evaluation", "prediction", "exporting", "inference", "metrics", "calibration", "report", "scoring",
+    "explain",
 }  # fmt: skip
 
 
