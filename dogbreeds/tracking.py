@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,15 @@ def _tensorboard_installed() -> bool:
 class EpochBoard(keras.callbacks.TensorBoard):
     """Keras' TensorBoard callback at its lowest cost: the epoch's scalars and the learning rate,
     flushed after every epoch, so an epoch the run folder holds is on disk for TensorBoard too
-    (Keras' writers otherwise flush every two minutes and when training ends)."""
+    (Keras' writers otherwise flush every two minutes and when training ends).
+
+    Its batch hooks serve batch summaries, the graph and profiling, all off here; yet they run
+    summary ops on every step's logs (written nowhere). Keras' own no-op hooks take their place.
+    """
+
+    on_train_batch_begin = keras.callbacks.Callback.on_train_batch_begin
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+    on_test_batch_begin = keras.callbacks.Callback.on_test_batch_begin
 
     def __init__(self, folder: Path):
         super().__init__(str(folder), histogram_freq=0, write_graph=False, update_freq="epoch", profile_batch=0)
@@ -83,15 +92,19 @@ def write_evaluation_board(run: Run, figures: dict[str, float], pictures: list[P
     place = run.file(Run.board_dir) / EVALUATION
     place.parent.mkdir(exist_ok=True)
     fresh = temporary_sibling(place)
-    writer = tf.summary.create_file_writer(str(fresh))
-    with writer.as_default():
-        for name, value in figures.items():
-            tf.summary.scalar(f"{EVALUATION}/{name}", value, step=0)
-        for picture in pictures:
-            pixels = tf.io.decode_png(picture.read_bytes())
-            tf.summary.image(f"{EVALUATION}/{picture.stem}", pixels[tf.newaxis], step=0)
-    writer.close()
-    replace_folder(fresh, place)
+    try:
+        writer = tf.summary.create_file_writer(str(fresh))
+        with writer.as_default():
+            for name, value in figures.items():
+                tf.summary.scalar(f"{EVALUATION}/{name}", value, step=0)
+            for picture in pictures:
+                pixels = tf.io.decode_png(picture.read_bytes())
+                tf.summary.image(f"{EVALUATION}/{picture.stem}", pixels[tf.newaxis], step=0)
+        writer.close()
+        replace_folder(fresh, place)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     return place
 
 

@@ -164,3 +164,21 @@ def test_a_store_mlflow_cannot_open_is_one_line_and_no_run(competition, tmp_path
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 1 and "MLflow cannot open its tracking store nosuchstore://anywhere" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_store_that_fails_during_training_is_said_once_and_the_run_trains(competition, tmp_path, monkeypatch):
+    calls = []
+
+    def refuse(self, *args, **kwargs):
+        calls.append(args)
+        raise ConnectionError("the tracking server went away")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", refuse)
+    run = tmp_path / "run"
+    result = dogbreeds("train", "--data", competition, *TINY, "--epochs", 2, "--fine-tune-epochs", 0,
+                       "--track", "mlflow", "--run-dir", run)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "MLflow" in line]
+    assert len(warnings) == 1 and "the tracking server went away" in warnings[0], result.stderr
+    assert "no more is logged there" in warnings[0] and len(calls) == 1  # the settings; no epoch tried after
+    assert len(pd.read_csv(run / "history.csv")) == 2 and (run / "model.keras").is_file()
