@@ -5,7 +5,8 @@ image), a single run's `val_predictions.csv`. On the images all the runs held ou
 weights summing to one are fitted to minimise log loss (scipy's SLSQP; log loss is convex in
 the weights, so its minimum is the minimum), then a temperature and floor as `evaluate` fits
 them. Each run's test probabilities come from its `test_predictions.csv` (written by `submit`)
-or are computed once and saved there, so a blend runs no network twice.
+or are computed once and saved there, so a blend runs no network twice. A run tracked in MLflow
+gets the blend's figures and record in its MLflow run.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dogbreeds.metrics import accuracy, clip, log_loss
 from dogbreeds.places import kaggle_submission, submissions_dir
 from dogbreeds.runs import Run
 from dogbreeds.submission import SUBMISSION, SUBMISSION_HEADER, check_submission, write_csv
+from dogbreeds.tracking import record_blend
 
 RECORD_START = b'{\n  "runs":'  # what json.dumps(record, indent=2) begins with
 
@@ -184,4 +186,11 @@ def blend(
     }
     write_csv(frame, out, also)
     write_atomic(out.with_suffix(".json"), json.dumps(record, indent=2))
+    tracked = {
+        "log_loss": figures["blend_log_loss"],
+        "log_loss_cross_validated": figures["blend_log_loss_cross_validated"],
+        "log_loss_calibrated": calibration.log_loss_after,
+        "accuracy": figures["blend_accuracy"],
+    }
+    record_blend(opened, [float(w) for w in weights], tracked, out.with_suffix(".json"))
     return BlendResult(out, names, [float(w) for w in weights], figures, calibration)

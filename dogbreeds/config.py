@@ -197,6 +197,12 @@ class TrainConfig:
         within=(0, 1, "(]"),
     )
     cache_dir: str = option("cache", "features: where extracted features are cached.")
+    track: str = option(
+        "none",
+        "Also log the run to MLflow: settings, epochs, figures and files, in the store MLFLOW_TRACKING_URI names "
+        '(pip install "dogbreeds[mlflow]"). TensorBoard logs are always written, in RUN/tensorboard.',
+        choices=("none", "mlflow"),
+    )
     augmentation: Augmentation = field(default_factory=Augmentation)
     batch_augmentation: BatchAugmentation = field(default_factory=BatchAugmentation)
     mode: str = "competition"  # what kind of run folder this config makes

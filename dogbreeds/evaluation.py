@@ -6,7 +6,8 @@ but never trained on. `evaluate` computes (an `Evaluation`), `write_evaluation` 
 writes it into the run folder: evaluation.json and evaluation.md (figures and tables),
 confusion.png, examples.png (its most confident mistakes first, each under the Grad-CAM heat map
 of the breed it predicted: where the network looked), reliability.png, and calibration.json,
-which `submit` and `predict` then apply.
+which `submit` and `predict` then apply; the figures and pictures also go to TensorBoard
+(RUN/tensorboard/evaluation) and, for a tracked run, to its MLflow run.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from dogbreeds.inference import Predictor
 from dogbreeds.metrics import clip, confusion_matrix, top_k_accuracy
 from dogbreeds.report import plot_confusion, plot_examples, plot_reliability
 from dogbreeds.runs import Run
+from dogbreeds.tracking import record_evaluation
 
 EXAMPLES = 24
+SCALARS = ("log_loss", "log_loss_calibrated", "accuracy", "top5_accuracy", "ece_before", "ece_after")  # to TensorBoard
 
 
 def confused_pairs(matrix: np.ndarray, classes: list[str], top: int = 10) -> pd.DataFrame:
@@ -262,7 +265,8 @@ def _heat_maps(predictor: Predictor, images: pd.DataFrame, breeds: np.ndarray) -
 
 
 def write_evaluation(result: Evaluation) -> Evaluation:
-    """Its pictures, tables and calibration into the run folder; `result.files` names them."""
+    """Its pictures, tables and calibration into the run folder (`result.files` names them), and
+    to TensorBoard and the run's MLflow run."""
     with result.run.lock():
         return _write(result)
 
@@ -302,11 +306,17 @@ def _write(result: Evaluation) -> Evaluation:
         run.file(Run.reliability_plot),
         title=f"Reliability of {run.name} on {len(labels)} validation images",
     )
-    result.files = [run.file(name) for name in (Run.confusion_plot, Run.examples_plot, Run.reliability_plot)]
+    pictures = [run.file(name) for name in (Run.confusion_plot, Run.examples_plot, Run.reliability_plot)]
+    result.files = list(pictures)
     for name, text in (
         (Run.evaluation_file, result.to_json()),
         (Run.evaluation_report, result.markdown()),
         (Run.calibration_file, calibration.to_json()),
     ):
         result.files.append(run.write(name, text))
+    figures = {key: summary[key] for key in SCALARS} | {
+        "temperature": calibration.temperature,
+        "floor": calibration.floor,
+    }
+    record_evaluation(run, figures, pictures, result.files)
     return result

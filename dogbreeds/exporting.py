@@ -14,7 +14,6 @@ interrupted export leaves neither a half-written target nor the temporary folder
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from contextlib import nullcontext
@@ -28,7 +27,7 @@ from keras import layers
 
 from dogbreeds.cache import backbone_specs, pooled_backbone
 from dogbreeds.errors import DogbreedsError, native_stderr
-from dogbreeds.files import claim_output, temporary_sibling
+from dogbreeds.files import claim_output, replace_folder, temporary_sibling
 from dogbreeds.inference import Predictor
 from dogbreeds.models import Affine, get_backbone
 
@@ -139,15 +138,6 @@ WRITERS = {"savedmodel": _savedmodel, "tflite": _tflite, "keras": _keras}
 MODEL_FILES = {"savedmodel": "saved_model.pb", "tflite": "model.tflite", "keras": "model.keras"}
 
 
-def _replace(folder: Path, target: Path) -> None:
-    """`folder` renamed to `target`; a previous target is moved aside first and removed after."""
-    aside = temporary_sibling(target, "old")
-    if target.exists():
-        os.replace(target, aside)
-    os.replace(folder, target)
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 @dataclass
 class ExportResult:
     target: Path
@@ -183,7 +173,7 @@ def export(run: str | Path | None, format: str, out: str | Path | None = None, *
             WRITERS[format](model, folder)
             (folder / "classes.json").write_text(json.dumps(predictor.classes, indent=1))
             (folder / RECORD).write_text(json.dumps(record, indent=1))
-            _replace(folder, target)
+            replace_folder(folder, target)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

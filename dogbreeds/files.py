@@ -50,6 +50,16 @@ def temporary_sibling(path: Path, kind: str = "tmp") -> Path:
     return path.with_name(f".{path.stem}.{os.getpid()}.{kind}{path.suffix}")
 
 
+def replace_folder(folder: Path, target: Path) -> None:
+    """`folder`, written whole under a temporary name, renamed to `target`; a previous target is
+    moved aside first and removed after, so a reader finds the old folder or the new one."""
+    aside = temporary_sibling(target, "old")
+    if target.exists():
+        os.replace(target, aside)
+    os.replace(folder, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 # .NAME.PID.tmp[.SUFFIX], .NAME.PID.RANDOM.tmp (write_atomic) and .NAME.PID.old[.SUFFIX]
 _TEMPORARY = re.compile(r"\.(?P<of>.+?)\.(?P<pid>\d+)\.(?:[a-z0-9_]+\.)?(?:tmp|old)(?:\.\w+)?")
 

@@ -1,8 +1,9 @@
 """Heads trained on cached backbone vectors: a Keras dense head, or scikit-learn's logistic regression.
 
 `train --method features` and `cifar --model transfer` both call `fit_head`, which trains the
-head its `HeadSettings` name, saves it as the run's model.keras and writes its history. Both
-heads are saved as Keras models, so a head run is loaded and used like any other run.
+head its `HeadSettings` name, saves it as the run's model.keras and writes its history (a dense
+head's epochs also to TensorBoard). Both heads are saved as Keras models, so a head run is
+loaded and used like any other run.
 """
 
 from __future__ import annotations
@@ -22,15 +23,19 @@ from dogbreeds.metrics import scores
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
 from dogbreeds.settings import HeadSettings
+from dogbreeds.tracking import board
 
 LOGREG_STRENGTHS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def train_dense_head(settings: HeadSettings, x, y, x_val, y_val, n_classes: int) -> tuple[keras.Model, pd.DataFrame]:
+def train_dense_head(
+    settings: HeadSettings, x, y, x_val, y_val, n_classes: int, callbacks: tuple = ()
+) -> tuple[keras.Model, pd.DataFrame]:
     """BatchNormalization, Dropout, Dense softmax; Adam; early stopping on validation loss.
 
     The best epoch's weights are restored. A head's validation loss wanders more than a
-    fine-tuning phase's, so it waits at least 5 epochs for an improvement.
+    fine-tuning phase's, so it waits at least 5 epochs for an improvement. `callbacks`: more
+    of Keras' (TensorBoard's).
     """
     keras.utils.set_random_seed(settings.seed)
     inputs = keras.Input((x.shape[1],), name="features")
@@ -50,7 +55,7 @@ def train_dense_head(settings: HeadSettings, x, y, x_val, y_val, n_classes: int)
         validation_data=(np.asarray(x_val, np.float32), np.asarray(y_val)),
         batch_size=int(np.clip(len(x) // 32, 32, 256)),  # about 32 steps an epoch
         epochs=settings.epochs,
-        callbacks=[stop],
+        callbacks=[stop, *callbacks],
         verbose=0,
     )
     history = pd.DataFrame(fitted.history)
@@ -118,7 +123,8 @@ class FittedHead:
 def fit_head(run: Run, settings: HeadSettings, inputs: HeadInputs, y_val, n_classes: int, title: str) -> FittedHead:
     """Train the head on the vectors, save it as the run's model and write its history."""
     started = time.perf_counter()
-    model, history = HEADS[settings.head](settings, inputs.x, inputs.y, inputs.x_val, y_val, n_classes)
+    extra = {"callbacks": [board(run)]} if settings.head == "dense" else {}  # logreg has no epochs to log
+    model, history = HEADS[settings.head](settings, inputs.x, inputs.y, inputs.x_val, y_val, n_classes, **extra)
     fitted = FittedHead(model, history, time.perf_counter() - started)
     run.save_model(model)
     if fitted.epochs is not None:

@@ -6,6 +6,7 @@ or one phase for a network trained from scratch). After every epoch the run fold
 epoch log, the best model by validation loss, and (when resumable) the model with its
 optimizer (`last.keras`) and where training stands (`progress.json`), all written atomically,
 so a run stopped by Ctrl-C, a kill or the end of a Kaggle session continues with `--resume`.
+Every epoch also goes to TensorBoard (RUN/tensorboard) and, for a tracked run, to MLflow (`tracking`).
 `--time-budget` is a `Budget`: an epoch that would not end in time, with the run's end, is not started.
 """
 
@@ -29,6 +30,7 @@ import tensorflow as tf
 from dogbreeds.errors import DogbreedsError, damaged
 from dogbreeds.options import type_problem
 from dogbreeds.runs import Run
+from dogbreeds.tracking import Tracker, board
 
 
 @dataclass
@@ -87,11 +89,13 @@ def uninterrupted():
 
 
 class SaveProgress(keras.callbacks.Callback):
-    """After each epoch: the epoch log, the best model, the last model, then progress.json."""
+    """After each epoch: the epoch log, the best model, the last model, then progress.json; then
+    the epoch's row to the run's MLflow run, if tracked (outside the saves: a slow store does not
+    hold up a Ctrl-C)."""
 
-    def __init__(self, run: Run, progress: Progress, resumable: bool = True):
+    def __init__(self, run: Run, progress: Progress, resumable: bool = True, tracker: Tracker | None = None):
         super().__init__()
-        self.run, self.progress, self.resumable = run, progress, resumable
+        self.run, self.progress, self.resumable, self.tracker = run, progress, resumable, tracker
         self.averaged: AveragedWeights | None = None  # set by fit_phases for an optimizer with use_ema
         rows = run.history(progress.epoch) if progress.epoch else pd.DataFrame()
         self.rows = rows.to_dict("records")
@@ -104,6 +108,8 @@ class SaveProgress(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         with uninterrupted():
             self._save(epoch, logs)
+        if self.tracker is not None:
+            self.tracker.log_epochs(self.rows[-1:])
 
     def _save(self, epoch, logs):
         logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -292,6 +298,7 @@ def fit_phases(
     resumable: bool = True,
     budget: Budget | None = None,
     finishing: float = 1.0,
+    tracker: Tracker | None = None,
 ) -> None:
     """The phases in turn, on one epoch axis, with the run folder updated after every epoch.
 
@@ -300,10 +307,11 @@ def fit_phases(
     `resumable` keeps last.keras and progress.json for `--resume`; without it only the best
     model and the epoch log are written. A `budget` that runs out leaves the phase unfinished,
     to be resumed; the run's end predicts the held-out images `finishing` times (2: with their
-    mirrors), which the budget keeps time for.
+    mirrors), which the budget keeps time for. Each epoch is logged to TensorBoard once it is
+    saved, and to `tracker`'s MLflow run.
     """
     budget = budget or Budget()
-    saver = SaveProgress(run, progress, resumable)
+    saver = SaveProgress(run, progress, resumable, tracker)
     for row in saver.rows:  # a resumed run's epochs judge the next ones
         seconds, name = row.get("seconds"), row.get("phase", "")
         if isinstance(seconds, (int, float)) and math.isfinite(seconds):
@@ -319,7 +327,7 @@ def fit_phases(
             phase.prepare()
             model.compile(optimizer=phase.optimizer(), loss=phase.loss, metrics=["accuracy"])
         guard = StopOnNaN()
-        callbacks = [guard, *phase.callbacks, saver, KeepToBudget(budget, phase.name, finishing)]
+        callbacks = [guard, *phase.callbacks, saver, board(run), KeepToBudget(budget, phase.name, finishing)]
         optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under mixed_float16's loss scaling
         saver.averaged = AveragedWeights() if optimizer.use_ema else None
         if saver.averaged:

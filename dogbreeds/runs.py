@@ -44,6 +44,8 @@ class Run:
     oof_file = "oof.csv"  # a k-fold run: every labelled image, predicted by the fold that held it out
     fold_file = "fold.json"  # a fold's place: folds, fold, seed and labels it was split from
     lock_file = "dogbreeds.lock"  # held by the command writing the run (train, --resume, evaluate, export)
+    board_dir = "tensorboard"  # TensorBoard's event files: train/ and validation/ (epochs), evaluation/ (evaluate's)
+    tracking_file = "tracking.json"  # --track mlflow: the MLflow run it logs to, written by train
 
     @property
     def name(self) -> str:

@@ -5,6 +5,7 @@ Phase 1 trains the new head on a frozen backbone (the head starts random: large 
 would wreck pretrained features). Phase 2 unfreezes the top of the backbone at a share of the
 learning rate. The phases run in the engine's loop (`loop.fit_phases`), which keeps the best
 model by validation loss across both and everything `--resume` needs after every epoch.
+`--track mlflow` logs the run to MLflow as it trains (`tracking.tracked`); a fold is a child run.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dogbreeds.models import build_backbone, build_classifier, get_backbone, set
 from dogbreeds.places import feature_cache
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
+from dogbreeds.tracking import Tracker, check_tracking, tracked
 
 
 def _resume_hint(run: Run) -> str:
@@ -125,6 +127,7 @@ def _fit_competition(
     progress: Progress,
     replicas: int = 1,
     budget: Budget | None = None,
+    tracker: Tracker | None = None,
 ) -> None:
     classes = len(data.competition.classes)
     train, val = data.partition(config.fold)
@@ -134,7 +137,10 @@ def _fit_competition(
     if config.batch_augmentation.soft_targets:  # the same loss scores plain labels as distributions
         val_data = val_data.map(lambda images, labels: (images, tf.one_hot(labels, classes)))
     passes = 2.0 if config.tta else 1.0  # the end of the run predicts the held-out images as submit does
-    fit_phases(model, run, phases, train_data, val_data, progress, config.patience, budget=budget, finishing=passes)
+    fit_phases(
+        model, run, phases, train_data, val_data, progress, config.patience, budget=budget, finishing=passes,
+        tracker=tracker,
+    )  # fmt: skip
 
 
 def _finish(
@@ -178,6 +184,7 @@ def _save_skipped(run: Run, data: Data) -> None:
 def train(config: TrainConfig, run_dir: str | None = None, budget: Budget | None = None) -> TrainResult:
     """A new run: everything is checked before the run folder is made."""
     budget = budget or Budget()
+    check_tracking(config.track)
     if config.method == "finetune" and config.image_size is None:  # saved as used, for resume and submit
         config = replace(config, image_size=get_backbone(config.backbone).size)
     config = _with_absolute_paths(config)
@@ -230,12 +237,13 @@ def _train_one(
     inputs: HeadInputs | None = None,
     budget: Budget | None = None,
     again: bool = False,
+    parent: Tracker | None = None,
 ) -> TrainResult:
-    """One model on one split: a single run, or one fold of a k-fold run (handed its `data`);
-    `again`: the same run started over in its folder."""
+    """One model on one split: a single run, or one fold of a k-fold run (handed its `data`, and
+    its MLflow `parent`); `again`: the same run started over in its folder."""
     budget = budget or Budget()
     if config.method == "features":
-        return train_features(config, run_dir, data, inputs, again)
+        return train_features(config, run_dir, data, inputs, again, parent)
     _check_backbone_options(config)
     strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
     check_accumulation(config, strategy.num_replicas_in_sync)
@@ -260,8 +268,9 @@ def _train_one(
         f"({len(val)} held out, {len(data.competition.classes)} classes, {precision}, "
         f"{describe(strategy)}) -> {run.path}"
     )
-    with user_facing_failures(config.batch_size, _resume_hint(run)), run.lock(), strategy.scope():
-        _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync, budget)
+    failures = user_facing_failures(config.batch_size, _resume_hint(run))
+    with failures, run.lock(), strategy.scope(), tracked(run, config.track, parent) as tracker:
+        _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync, budget, tracker)
         return _finish(run, config, data, precision, strategy, budget)
 
 
@@ -287,6 +296,7 @@ def train_features(
     data: Data | None = None,
     inputs: HeadInputs | None = None,
     again: bool = False,
+    parent: Tracker | None = None,
 ) -> TrainResult:
     """--method features: cached backbone vectors (train, validation, test), then a head on them.
 
@@ -304,7 +314,7 @@ def train_features(
     extraction_seconds = time.perf_counter() - started
 
     run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone, again=again)
-    with run.lock():
+    with run.lock(), tracked(run, config.track, parent) as tracker:
         _save_skipped(run, data)
         _save_fold(run, config, data)
         n_classes, y_val = len(data.competition.classes), val["label"].to_numpy()
@@ -314,6 +324,8 @@ def train_features(
         )
         title = f"{run.name}: {config.head} head on cached features"
         head = fit_head(run, config.head_settings, inputs, y_val, n_classes, title)
+        if tracker is not None and head.epochs is not None:
+            tracker.log_epochs(head.history.to_dict("records"))
         probabilities = head.model.predict(inputs.x_val, batch_size=1024, verbose=0)
         run.save_predictions(Run.val_predictions_file, val["id"], data.competition.classes, probabilities)
         metrics = {f"val_{k}": v for k, v in scores(probabilities, y_val).items()} | {
@@ -402,7 +414,8 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
                 "as its other folds, or another --run-dir"
             )
     root = Run.create(replace(config, fold=None).to_json(), competition.classes, run_dir, name=config.backbone)
-    with root.lock():  # the folds' own folders are locked by their own training
+    # the folds' own folders are locked by their own training; their MLflow runs are the root's children
+    with root.lock(), tracked(root, config.track) as parent:
         vectors, started = None, time.perf_counter()
         if config.method == "features":
             cache = FeatureCache(config.cache_dir, config.batch_size)
@@ -418,11 +431,11 @@ def train_folds(config: TrainConfig, run_dir: str | Path | None = None, budget: 
                 break
             log.info(f"fold {i} of {config.folds} -> {fold_run.path}")
             if fold_run.file(Run.progress_file).is_file() and fold_run.file(Run.last_file).is_file():
-                _resume_one(fold_run, budget, data)
+                _resume_one(fold_run, budget, data, parent)
             else:
                 train, val = data.partition(i)
                 inputs = vectors.head_inputs(train["id"], val["id"]) if vectors else None
-                _train_one(fold_config, fold_run.path, data, inputs, budget, again=True)  # its settings checked
+                _train_one(fold_config, fold_run.path, data, inputs, budget, again=True, parent=parent)
         result = _finish_folds(root, config, _fold_identity(config, data), images)
         if vectors is not None:  # this command's extraction, shared by its folds (a later one reads the cache)
             result.metrics["extraction_seconds"] = extraction_seconds
@@ -502,8 +515,9 @@ def _move_data(run: Run, data: str) -> None:
                 member.write(Run.config_file, replace(config, data=str(competition.root.resolve())).to_json())
 
 
-def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResult:
+def _resume_one(run: Run, budget: Budget, data: Data | None = None, parent: Tracker | None = None) -> TrainResult:
     config = TrainConfig.load(run.file(Run.config_file))
+    check_tracking(config.track)
     if config.method == "features":
         raise DogbreedsError(
             f"run {run.path} uses cached features: run its training command again; the extraction resumes by itself"
@@ -511,7 +525,7 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
     progress_path = run.file(Run.progress_file)
     if not progress_path.is_file() or not run.file(Run.last_file).is_file():  # stopped in its first epoch
         log.info(f"run {run.path} saved no epoch to resume from: training it from the start")
-        return _train_one(config, run.path, data, budget=budget, again=True)
+        return _train_one(config, run.path, data, budget=budget, again=True, parent=parent)
     progress = read_progress(run)
     strategy = make_strategy(config.strategy)
     check_accumulation(config, strategy.num_replicas_in_sync)
@@ -523,6 +537,7 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None) -> TrainResu
     with strategy.scope():  # the model's variables, and its optimizer's, live on every replica
         model = run.load_model(Run.last_file, image_size=config.image_size)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
-    with user_facing_failures(config.batch_size, _resume_hint(run)), run.lock(), strategy.scope():
-        _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync, budget)
+    failures = user_facing_failures(config.batch_size, _resume_hint(run))
+    with failures, run.lock(), strategy.scope(), tracked(run, config.track, parent) as tracker:
+        _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync, budget, tracker)
         return _finish(run, config, data, precision, strategy, budget)

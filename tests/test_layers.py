@@ -24,7 +24,7 @@ LAYERS = [
     {"settings", "hub", "kaggle_api"},
     {"config", "competition", "runs", "models", "distribute", "augmentation"},
     {"pipeline"},
-    {"report", "cache"},
+    {"report", "cache", "tracking"},
     {"heads", "inference", "loop"},  # below the jobs: they take small settings, never the whole config
     {"training", "submission", "scoring", "explain"},  # the jobs: a run, a submission, a score, heat maps
     {"evaluation", "prediction", "listing", "bench", "cifar", "demo", "blending", "exporting"},  # commands, siblings
