@@ -15,7 +15,6 @@ import json
 import math
 import re
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -28,6 +27,7 @@ import tensorflow as tf
 
 from dogbreeds.errors import DogbreedsError, damaged
 from dogbreeds.options import type_problem
+from dogbreeds.progress import fit_verbosity
 from dogbreeds.runs import Run
 
 
@@ -308,7 +308,7 @@ def fit_phases(
         seconds, name = row.get("seconds"), row.get("phase", "")
         if isinstance(seconds, (int, float)) and math.isfinite(seconds):
             budget.epochs[name] = max(budget.epochs.get(name, 0.0), float(seconds))
-    verbose = 1 if sys.stdout.isatty() else 2
+    verbose = fit_verbosity()  # one line per epoch where no one watches a bar
     for phase in phases:
         if phase.name in progress.completed:
             continue
