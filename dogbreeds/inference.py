@@ -190,6 +190,7 @@ def labelled_scores(model: keras.Model, loader: Loader, frames: dict[str, pd.Dat
     found = {}
     for name, frame in frames.items():
         batches = loader.evaluation(frame)
-        probabilities = _shown_predict(served, batches, len(frame), loader.batch_size, f"{name} images")[: len(frame)]
+        shown_as = f"{'validation' if name == 'val' else name} images"
+        probabilities = _shown_predict(served, batches, len(frame), loader.batch_size, shown_as)[: len(frame)]
         found |= {f"{name}_{k}": v for k, v in scores(probabilities, frame["label"].to_numpy()).items()}
     return found
