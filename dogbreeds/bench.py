@@ -40,6 +40,7 @@ from dogbreeds.images import inspect_images
 from dogbreeds.inference import make_loader, predict, with_flip_tta
 from dogbreeds.models import build_backbone, build_classifier, get_backbone, set_trainable
 from dogbreeds.pipeline import prefetched
+from dogbreeds.progress import Tracker, track
 from dogbreeds.synthetic import make_competition
 
 PHOTO_SIZE = (500, 375)  # what a typical Kaggle dog photo costs to decode
@@ -125,7 +126,9 @@ def _timed(work, repeats: int = 1) -> float:
     return min(seconds)
 
 
-def _accumulated(result: BenchResult, model: keras.Model, x, labels, steps: int, accumulate: int) -> None:
+def _accumulated(
+    result: BenchResult, shown: Tracker, model: keras.Model, x, labels, steps: int, accumulate: int
+) -> None:
     """The same images per update as the row before, as --accumulate N batches of B / N: the
     memory a smaller batch saves, and what the extra steps cost in speed."""
     small = len(x) // accumulate
@@ -139,6 +142,7 @@ def _accumulated(result: BenchResult, model: keras.Model, x, labels, steps: int,
     peak = _peak_megabytes(lambda: model.fit(one_update, epochs=1, verbose=0, shuffle=False))
     what = f"fine-tuning steps, batches of {small}, {accumulate} an update"
     result.stages.append(Stage("fit_accumulated", what, steps * len(x), seconds, peak))
+    shown.update()
 
 
 def _drain(ds) -> None:
@@ -230,32 +234,38 @@ def bench(
                 "load_average_before": load_before,
             },
         )
+        stages = 10 + (accumulate > 1)  # _loaders times 6, _model 4 (and _accumulated 1)
         with redirect_stdout(sys.stderr):  # ImageDataGenerator prints; standard output may be the JSON
-            _loaders(result, config, train)
-            _model(result, config, train, test, tta, accumulate)
+            with track(f"timing {stages} stages", stages, unit="stage") as shown:
+                _loaders(result, shown, config, train)
+                _model(result, shown, config, train, test, tta, accumulate)
         result.machine["load_average_after"] = os.getloadavg()[0]
     return result
 
 
-def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> None:
+def _loaders(result: BenchResult, shown: Tracker, config: TrainConfig, train: pd.DataFrame) -> None:
     n, size = len(train), config.image_size
     legacy = make_loader(replace(config.with_recipe("classic"), loader="legacy").loading).training(train)
     seconds = _timed(lambda: [legacy[i] for i in range(len(legacy))])  # what fit does with it: one thread
     result.stages.append(Stage("legacy_loader", "legacy loader (ImageDataGenerator), augmented", n, seconds))
+    shown.update()
 
     fast = make_loader(config.loading).training(train)
     _drain(fast)  # the first epoch compiles the warp
     seconds = _timed(lambda: _drain(fast), repeats=3)
     result.stages.append(Stage("tfdata_loader", "default loader (tf.data), augmented", n, seconds))
+    shown.update()
     classes = int(train["label"].max()) + 1
     strong = make_loader(config.with_recipe("strong").loading, classes=classes).training(train)
     _drain(strong)
     what = "default loader, --recipe strong (its batch augmentation)"
     result.stages.append(Stage("tfdata_strong", what, n, _timed(lambda: _drain(strong), repeats=3)))
+    shown.update()
     cached = make_loader(replace(config, cache_images="memory").loading).training(train)
     _drain(cached)  # the first epoch fills the cache
     what = "default loader, --cache-images memory, later epochs"
     result.stages.append(Stage("tfdata_cached", what, n, _timed(lambda: _drain(cached), repeats=3)))
+    shown.update()
 
     paths = tf.data.Dataset.from_tensor_slices(train["path"].to_numpy(dtype=str))
 
@@ -270,6 +280,7 @@ def _loaders(result: BenchResult, config: TrainConfig, train: pd.DataFrame) -> N
         ds = prefetched(ds)  # the loaders' own settings: each stage at its best
         _drain(ds)
         result.stages.append(Stage(name, what, n, _timed(lambda: _drain(ds), repeats=3)))
+        shown.update()
 
 
 def _peak_megabytes(work) -> float:
@@ -281,7 +292,13 @@ def _peak_megabytes(work) -> float:
 
 
 def _model(
-    result: BenchResult, config: TrainConfig, train: pd.DataFrame, test: pd.DataFrame, tta: bool, accumulate: int
+    result: BenchResult,
+    shown: Tracker,
+    config: TrainConfig,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    tta: bool,
+    accumulate: int,
 ) -> None:
     n_classes = int(train["label"].max()) + 1
     backbone = build_backbone(config.backbone, config.weights, config.image_size)
@@ -297,6 +314,7 @@ def _model(
     seconds = _timed(lambda: served.predict(tensors.repeat(steps), verbose=0))  # once, like submit (see below)
     passes = " (and its mirror)" if tta else ""
     result.stages.append(Stage("forward", f"forward pass{passes}, in-memory tensors", steps * batch, seconds))
+    shown.update()
 
     # submit's own path (header check, decoding, batching, the TTA model); it traces a new model
     # each call, so the cost per image is the difference between a run on all images and on one batch.
@@ -305,7 +323,7 @@ def _model(
     loader = make_loader(config.loading)
 
     def submit_path(frame):
-        return predict(model, loader, inspect_images(frame["path"].tolist()), tta=tta, desc="bench")
+        return predict(model, loader, inspect_images(frame["path"].tolist()), tta=tta, desc=None)  # shown as a stage
 
     submit_path(test.head(batch))  # the first call sets up the pipeline's functions
     small = _timed(lambda: submit_path(test.head(batch)))
@@ -314,6 +332,7 @@ def _model(
     if len(test) > batch and full - small > 0.2 * full:  # else too small a model or sample to tell
         seconds = (full - small) * len(test) / (len(test) - batch)
     result.stages.append(Stage("submit", f"submit's prediction path{passes}, from files", len(test), seconds))
+    shown.update()
 
     # Fine-tuning steps: the whole backbone trainable, as in the second phase.
     set_trainable(backbone, None, pretrained=config.pretrained)
@@ -330,8 +349,10 @@ def _model(
     seconds = _timed(lambda: model.fit(steps_in_memory, epochs=1, verbose=0, shuffle=False), repeats=3)
     peak = _peak_megabytes(lambda: model.fit(in_memory, epochs=1, verbose=0, shuffle=False))
     result.stages.append(Stage("fit_in_memory", "fine-tuning steps, in-memory tensors", steps * batch, seconds, peak))
+    shown.update()
     if accumulate > 1:
-        _accumulated(result, model, x, labels, steps, accumulate)
+        _accumulated(result, shown, model, x, labels, steps, accumulate)
     _drain(files)  # the first epoch compiles the warp, as in the first epoch of a run
     seconds = _timed(lambda: model.fit(files, epochs=1, verbose=0, shuffle=False), repeats=3)
     result.stages.append(Stage("fit_from_files", "fine-tuning epoch, from files, augmented", len(fit_frame), seconds))
+    shown.update()

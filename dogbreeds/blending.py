@@ -116,8 +116,8 @@ def _test_predictions(predictor: Predictor, competition: Competition, images: pd
         saved = run.predictions(Run.test_predictions_file)
         if saved["id"].tolist() == competition.test_ids:
             return saved[competition.classes].to_numpy(dtype=np.float64)
-    log.info(f"predicting the test images with {run.path} (saved in {Run.test_predictions_file} for next time)")
-    raw = predictor.predict(images, tta=True, desc=f"test images, {run.name}")
+    log.info(f"{run.path} holds no test predictions for these images: made now, kept in {Run.test_predictions_file}")
+    raw = predictor.predict(images, tta=True, desc=f"test images with {run.name}")
     run.keep_predictions(Run.test_predictions_file, competition.test_ids, competition.classes, raw)
     return raw
 

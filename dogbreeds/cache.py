@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 from numpy.lib.format import open_memmap
-from tqdm.auto import tqdm
 
 from dogbreeds import hub
 from dogbreeds.errors import DogbreedsError, log
@@ -38,6 +37,7 @@ from dogbreeds.files import sweep, temporary_sibling, write_atomic
 from dogbreeds.models import build_backbone, get_backbone
 from dogbreeds.pipeline import DECODING_FORMAT, TFDataLoader
 from dogbreeds.places import feature_cache
+from dogbreeds.progress import track
 from dogbreeds.settings import Augmentation, Features
 
 FEATURE_FORMAT = 2  # 2: images decoded by the pipeline's uint8, DCT-scaled JPEG path
@@ -191,14 +191,14 @@ class FeatureCache:
         array = open_memmap(store, mode="r+" if done else "w+", dtype=np.float32, shape=shape)
         loader = view_loader(spec, self.batch_size)
         batches = loader.prediction(images.iloc[done:], view=spec.view, first_batch=done // self.batch_size)
-        description = f"{spec.backbone} {spec.image_size}px {view_name(spec.view)}"
-        with tqdm(total=len(images), initial=done, unit="img", desc=description, dynamic_ncols=True) as bar:
+        what = f"extracting {spec.backbone} {spec.image_size}px {view_name(spec.view)} features of {len(images)} images"
+        with track(what, len(images), initial=done) as shown:
             for batch in batches:
                 vectors = forward(batch).numpy()
                 array[done : done + len(vectors)] = vectors
                 done += len(vectors)
                 self.extracted += len(vectors)
-                bar.update(len(vectors))
+                shown.update(len(vectors))
                 array.flush()
                 write_atomic(progress, json.dumps({"done": done}))
         del array

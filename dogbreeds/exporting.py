@@ -30,6 +30,7 @@ from dogbreeds.errors import DogbreedsError, native_stderr
 from dogbreeds.files import claim_output, replace_folder, temporary_sibling
 from dogbreeds.inference import Predictor
 from dogbreeds.models import Affine, get_backbone
+from dogbreeds.progress import track
 
 FORMATS = ("savedmodel", "tflite", "keras")
 RECORD = "export.json"  # what an export holds, and the mark by which --force knows it wrote the folder
@@ -163,18 +164,19 @@ def export(run: str | Path | None, format: str, out: str | Path | None = None, *
     predictor = Predictor.open(run, calibration=False)
     target = Path(out) if out is not None else predictor.run.path / f"export-{format}"
     claim_output(target, force=force, ours=lambda path: (path / RECORD).is_file(), what=EXPORT, folder=True)
-    model = serving_model(predictor)
-    folder = temporary_sibling(target)
-    record = {"run": str(predictor.run.path), "format": format, "image_size": model.input_shape[1]}
-    inside = predictor.run.path.resolve() in target.resolve().parents  # the default: RUN/export-FORMAT
-    try:
-        with predictor.run.lock() if inside else nullcontext():
-            folder.mkdir(parents=True)
-            WRITERS[format](model, folder)
-            (folder / "classes.json").write_text(json.dumps(predictor.classes, indent=1))
-            (folder / RECORD).write_text(json.dumps(record, indent=1))
-            replace_folder(folder, target)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    with track(f"exporting {predictor.run.path} as {format}"):  # no steps to count: its start and its seconds
+        model = serving_model(predictor)
+        folder = temporary_sibling(target)
+        record = {"run": str(predictor.run.path), "format": format, "image_size": model.input_shape[1]}
+        inside = predictor.run.path.resolve() in target.resolve().parents  # the default: RUN/export-FORMAT
+        try:
+            with predictor.run.lock() if inside else nullcontext():
+                folder.mkdir(parents=True)
+                WRITERS[format](model, folder)
+                (folder / "classes.json").write_text(json.dumps(predictor.classes, indent=1))
+                (folder / RECORD).write_text(json.dumps(record, indent=1))
+                replace_folder(folder, target)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
     return ExportResult(target, format, model.input_shape[1], len(predictor.classes), max(1, len(predictor.folds)))

@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from dogbreeds.cache import HeadInputs
 from dogbreeds.errors import log
 from dogbreeds.metrics import scores
+from dogbreeds.progress import KerasSteps, track
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
 from dogbreeds.settings import HeadSettings
@@ -49,15 +50,17 @@ def train_dense_head(
         metrics=["accuracy"],
     )
     stop = keras.callbacks.EarlyStopping(patience=max(5, settings.patience), restore_best_weights=True)
-    fitted = model.fit(
-        np.asarray(x, np.float32),
-        np.asarray(y),
-        validation_data=(np.asarray(x_val, np.float32), np.asarray(y_val)),
-        batch_size=int(np.clip(len(x) // 32, 32, 256)),  # about 32 steps an epoch
-        epochs=settings.epochs,
-        callbacks=[stop, *callbacks],
-        verbose=0,
-    )
+    # Keras' own display would be a line (or a bar) per epoch of a second or less: one bar over the epochs instead.
+    with track(f"training the dense head (at most {settings.epochs} epochs)", settings.epochs, unit="epoch") as shown:
+        fitted = model.fit(
+            np.asarray(x, np.float32),
+            np.asarray(y),
+            validation_data=(np.asarray(x_val, np.float32), np.asarray(y_val)),
+            batch_size=int(np.clip(len(x) // 32, 32, 256)),  # about 32 steps an epoch
+            epochs=settings.epochs,
+            callbacks=[stop, *callbacks, KerasSteps(shown)],
+            verbose=0,
+        )
     history = pd.DataFrame(fitted.history)
     history.insert(0, "phase", "head")
     history.insert(0, "epoch", np.arange(len(history)))
@@ -73,14 +76,17 @@ def train_logreg_head(settings: HeadSettings, x, y, x_val, y_val, n_classes: int
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
     z, z_val = (x - mean) / scale, (x_val - mean) / scale
     rows, best = [], None
-    for c in LOGREG_STRENGTHS:
-        fitted = LogisticRegression(C=c, max_iter=300).fit(z, y)
-        probabilities = np.zeros((len(z_val), n_classes))
-        probabilities[:, fitted.classes_] = fitted.predict_proba(z_val)
-        found = scores(probabilities, y_val)  # as Kaggle clips them
-        rows.append({"C": c, "val_loss": found["log_loss"], "val_accuracy": found["accuracy"]})
-        if best is None or found["log_loss"] < best[0]:
-            best = (found["log_loss"], c, fitted)
+    what = f"fitting logistic regression at {len(LOGREG_STRENGTHS)} strengths C"
+    with track(what, len(LOGREG_STRENGTHS), unit="fit") as shown:
+        for c in LOGREG_STRENGTHS:
+            fitted = LogisticRegression(C=c, max_iter=300).fit(z, y)
+            probabilities = np.zeros((len(z_val), n_classes))
+            probabilities[:, fitted.classes_] = fitted.predict_proba(z_val)
+            found = scores(probabilities, y_val)  # as Kaggle clips them
+            rows.append({"C": c, "val_loss": found["log_loss"], "val_accuracy": found["accuracy"]})
+            if best is None or found["log_loss"] < best[0]:
+                best = (found["log_loss"], c, fitted)
+            shown.update()
     _, c, fitted = best
     log.info(f"logistic regression: C = {c:g} has the lowest validation log loss")
     coef = np.zeros((n_classes, x.shape[1]), np.float32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -64,14 +65,19 @@ def _inspect(path: str) -> tuple[int, str]:
     return (orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1), ""
 
 
-def inspect_images(paths: list[str]) -> pd.DataFrame:
-    """One header pass over the files (threads): EXIF orientation and any problem, per path.
+def inspect_images(paths: list[str], advance: Callable[[int], object] | None = None) -> pd.DataFrame:
+    """One header pass over the files (threads): EXIF orientation and any problem, per path;
+    `advance(1)` is called after each file (a progress bar's).
 
     Problems found here (empty, not an image, truncated, a decompression bomb) would otherwise
     stop TensorFlow in the middle of an epoch, or of a submission.
     """
+    results = []
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(_inspect, paths, chunksize=64))
+        for result in pool.map(_inspect, paths, chunksize=64):
+            results.append(result)
+            if advance is not None:
+                advance(1)
     return pd.DataFrame(
         {
             "path": list(paths),

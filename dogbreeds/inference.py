@@ -15,7 +15,6 @@ import keras
 import numpy as np
 import pandas as pd
 import tensorflow as tf
-from tqdm.auto import tqdm
 
 from dogbreeds.cache import FeatureCache, ensemble_features
 from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, usage_note
@@ -27,6 +26,7 @@ from dogbreeds.files import probability_table
 from dogbreeds.metrics import clip, scores
 from dogbreeds.models import get_backbone
 from dogbreeds.pipeline import LOADERS, Loader
+from dogbreeds.progress import KerasSteps, track
 from dogbreeds.runs import Run
 from dogbreeds.settings import Loading, PredictSettings
 
@@ -47,21 +47,6 @@ def make_loader(loading: Loading, replicas: int = 1, classes: int = 0) -> Loader
     )
 
 
-class ProgressBar(keras.callbacks.Callback):
-    """A tqdm bar over prediction batches, in images."""
-
-    def __init__(self, total: int, batch_size: int, desc: str):
-        super().__init__()
-        self.bar = tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
-        self.batch_size = batch_size
-
-    def on_predict_batch_end(self, batch, logs=None):
-        self.bar.update(min(self.batch_size, self.bar.total - self.bar.n))
-
-    def on_predict_end(self, logs=None):
-        self.bar.close()
-
-
 def with_flip_tta(model: keras.Model) -> keras.Model:
     """The model averaged over each image and its mirror, in one compiled graph."""
     inputs = keras.Input(model.input_shape[1:])
@@ -71,14 +56,21 @@ def with_flip_tta(model: keras.Model) -> keras.Model:
 
 
 def predict(
-    model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict"
+    model: keras.Model, loader: Loader, images: pd.DataFrame, *, tta: bool = True, desc: str | None = "images"
 ) -> np.ndarray:
-    """Probabilities for the images of a frame with a `path` column, in its order."""
+    """Probabilities for the images of a frame with a `path` column, in its order; shown as
+    "predicting N `desc`" (None: not shown, for a caller timing it)."""
     if tta:
         model = with_flip_tta(model)
-    progress = ProgressBar(len(images), loader.batch_size, desc)
-    probabilities = model.predict(loader.prediction(images), verbose=0, callbacks=[progress])
+    probabilities = _shown_predict(model, loader.prediction(images), len(images), loader.batch_size, desc)
     return np.asarray(probabilities[: len(images)], dtype=np.float64)  # without a loader's padding
+
+
+def _shown_predict(model: keras.Model, batches, images: int, batch_size: int, desc: str | None) -> np.ndarray:
+    if desc is None:
+        return model.predict(batches, verbose=0)
+    with track(f"predicting {images} {desc}", images) as shown:
+        return model.predict(batches, verbose=0, callbacks=[KerasSteps(shown, per_batch=batch_size, total=images)])
 
 
 def check_classes(run: Run, competition: Competition) -> Competition:
@@ -135,7 +127,7 @@ class Predictor:
         competition = Competition.load(data if data is not None else self.settings.data, need_test=need_test)
         return check_classes(self.run, competition)
 
-    def predict(self, images: pd.DataFrame, *, tta: bool = True, desc: str = "predict", strategy=None) -> np.ndarray:
+    def predict(self, images: pd.DataFrame, *, tta: bool = True, desc: str = "images", strategy=None) -> np.ndarray:
         """Raw probabilities (no calibration, no clipping) for a frame of images, in its order."""
         if self.folds:
             each = [
@@ -197,6 +189,8 @@ def labelled_scores(model: keras.Model, loader: Loader, frames: dict[str, pd.Dat
     served = with_flip_tta(model) if tta else model
     found = {}
     for name, frame in frames.items():
-        probabilities = served.predict(loader.evaluation(frame), verbose=0)[: len(frame)]
+        batches = loader.evaluation(frame)
+        shown_as = f"{'validation' if name == 'val' else name} images"
+        probabilities = _shown_predict(served, batches, len(frame), loader.batch_size, shown_as)[: len(frame)]
         found |= {f"{name}_{k}": v for k, v in scores(probabilities, frame["label"].to_numpy()).items()}
     return found

@@ -16,7 +16,6 @@ import json
 import math
 import re
 import signal
-import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
@@ -29,6 +28,7 @@ import tensorflow as tf
 
 from dogbreeds.errors import DogbreedsError, damaged
 from dogbreeds.options import type_problem
+from dogbreeds.progress import fit_verbosity
 from dogbreeds.runs import Run
 from dogbreeds.tracking import Tracker, board
 
@@ -316,7 +316,7 @@ def fit_phases(
         seconds, name = row.get("seconds"), row.get("phase", "")
         if isinstance(seconds, (int, float)) and math.isfinite(seconds):
             budget.epochs[name] = max(budget.epochs.get(name, 0.0), float(seconds))
-    verbose = 1 if sys.stdout.isatty() else 2
+    verbose = fit_verbosity()  # one line per epoch where no one watches a bar
     for phase in phases:
         if phase.name in progress.completed:
             continue

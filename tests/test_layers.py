@@ -20,7 +20,7 @@ OPTIONS_PAGE = PACKAGE.parent / "docs" / "options.md"
 # `cifar` is a subpackage, one node here: its modules are checked together.
 LAYERS = [
     {"errors", "metrics", "synthetic"},
-    {"files", "options", "calibration", "places", "images"},
+    {"files", "options", "calibration", "places", "images", "progress"},
     {"settings", "hub", "kaggle_api"},
     {"config", "competition", "runs", "models", "distribute", "augmentation"},
     {"pipeline"},

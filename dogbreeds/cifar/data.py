@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dogbreeds.errors import DogbreedsError, log
+from dogbreeds.errors import DogbreedsError
 from dogbreeds.images import inspect_images
 from dogbreeds.places import feature_cache
+from dogbreeds.progress import track
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
@@ -140,15 +141,16 @@ def arrays_to_folders(classes: list[str], train: tuple, test: tuple, root: Path)
         return target
     partial = target.with_name(target.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    log.info(f"writing the {len(train[1]) + len(test[1])} images once as PNG files under {target}")
     jobs = []
     for part, (images, labels) in (("train", train), ("test", test)):
         for name in classes:
             (partial / part / name.replace("/", "_")).mkdir(parents=True, exist_ok=True)
         for i, (image, label) in enumerate(zip(images, labels)):
             jobs.append((partial / part / classes[label].replace("/", "_") / f"{i:05d}.png", image))
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda job: _write_png(*job), jobs, chunksize=256))
+    with track(f"writing the {len(jobs)} images once as PNG files under {target}", len(jobs)) as shown:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for _ in pool.map(lambda job: _write_png(*job), jobs, chunksize=256):
+                shown.update()
     os.replace(partial, target)
     return target
 
@@ -214,7 +216,9 @@ def load_cifar(data: str | None, dataset: str, cache_dir: str | Path) -> CifarDa
         else:
             raise DogbreedsError(f"--data {data} holds neither CIFAR python batches nor train/ and test/; {DATA_HINT}")
     classes, train, test = read_image_folders(root, order and [name.replace("/", "_") for name in order])
-    report = inspect_images(train["path"].tolist() + test["path"].tolist())
+    paths = train["path"].tolist() + test["path"].tolist()
+    with track(f"checking {len(paths)} images", len(paths)) as shown:  # 60,000 headers: seconds
+        report = inspect_images(paths, shown.update)
     bad = report[report["problem"] != ""]
     if len(bad):
         raise DogbreedsError(
