@@ -73,8 +73,7 @@ def competition_phases(
     random head at a constant rate, cut when validation stalls, whatever the recipe: a schedule
     that decays to zero in a phase of two or three epochs leaves the head under-trained
     (docs/recipes.md). --schedule, --warmup-epochs and --ema act on fine-tuning, where the
-    pretrained weights need a gentle start; the average warms up (FineTuneAdam) so that it helps
-    short runs as well as long ones.
+    pretrained weights need a gentle start.
     """
     backbone = next(layer for layer in model.layers if isinstance(layer, keras.Model))
 
