@@ -7,6 +7,7 @@ Nothing here needs the network or ../shared.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -28,12 +29,15 @@ def dogbreeds(*args, cwd=None, env=None) -> SimpleNamespace:
     would in a terminal, so that tests checking for one line see it.
     """
     before = os.getcwd()
+    logger = logging.getLogger("dogbreeds")  # the CLI points its handlers at CliRunner's streams, closed after
+    handlers, propagate, level = logger.handlers[:], logger.propagate, logger.level
     if cwd is not None:
         os.chdir(cwd)
     try:
         result = CliRunner().invoke(app, [str(a) for a in args], env=env)
     finally:
         os.chdir(before)
+        logger.handlers[:], logger.propagate, logger.level = handlers, propagate, level
     stderr = result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(*result.exc_info))

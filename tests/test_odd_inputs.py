@@ -74,13 +74,16 @@ def test_predict_does_not_follow_links_out_of_the_folder(tiny_run, competition, 
 
 
 @pytest.mark.parametrize("has_bf16", [False, True])
-def test_bfloat16_on_a_cpu_without_it_is_said(has_bf16, monkeypatch, caplog):
+def test_bfloat16_on_a_cpu_without_it_is_said(has_bf16, monkeypatch):
     monkeypatch.setattr(distribute, "cpu_has_bf16", lambda: has_bf16)
     monkeypatch.setattr(distribute, "_gpus", lambda: [])
+    records = []
+    heard = logging.Handler()
+    heard.emit = records.append
     logger = logging.getLogger("dogbreeds")
-    monkeypatch.setattr(logger, "propagate", True)
-    with caplog.at_level(logging.WARNING, logger="dogbreeds"):
-        assert distribute.use_precision("mixed_bfloat16") == "mixed_bfloat16"
-        distribute.use_precision("float32")
-    said = [r.getMessage() for r in caplog.records if "bfloat16 is emulated" in r.getMessage()]
+    monkeypatch.setattr(logger, "handlers", [heard])  # the package's own logger, whatever earlier tests left on it
+    monkeypatch.setattr(logger, "propagate", False)
+    assert distribute.use_precision("mixed_bfloat16") == "mixed_bfloat16"
+    distribute.use_precision("float32")
+    said = [r.getMessage() for r in records if "bfloat16 is emulated" in r.getMessage()]
     assert len(said) == (0 if has_bf16 else 1)
