@@ -28,7 +28,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from numpy.lib.format import open_memmap
 
 from dogbreeds import hub
@@ -169,19 +168,17 @@ class FeatureCache:
             )
         return np.load(entry / "features.npy", mmap_mode="r")
 
-    def _extractor(self, spec: FeatureSpec) -> tuple[keras.Model, object]:
-        """The pooled backbone and its compiled forward pass, built once per cache."""
+    def _extractor(self, spec: FeatureSpec) -> keras.Model:
+        """The pooled backbone, built once per cache; Keras compiles its forward pass for the
+        backend (predict_on_batch: a tf.function, or a jitted JAX function)."""
         key = (spec.backbone, spec.weights, spec.image_size)
         if key not in self._extractors:
-            model = pooled_backbone(spec)
-            signature = [tf.TensorSpec((None, spec.image_size, spec.image_size, 3), tf.float32)]
-            forward = tf.function(lambda x: model(x, training=False), input_signature=signature)
-            self._extractors[key] = (model, forward)
+            self._extractors[key] = pooled_backbone(spec)
         return self._extractors[key]
 
     def _extract(self, spec: FeatureSpec, images: pd.DataFrame, entry: Path) -> None:
         """Stream the vectors into a memory-mapped file; progress is saved after every batch."""
-        model, forward = self._extractor(spec)
+        model = self._extractor(spec)
         partial = entry.with_name(entry.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
         sweep(partial)  # an extraction killed while saving its progress
@@ -194,7 +191,7 @@ class FeatureCache:
         what = f"extracting {spec.backbone} {spec.image_size}px {view_name(spec.view)} features of {len(images)} images"
         with track(what, len(images), initial=done) as shown:
             for batch in batches:
-                vectors = forward(batch).numpy()
+                vectors = keras.ops.convert_to_numpy(model.predict_on_batch(np.asarray(batch)))
                 array[done : done + len(vectors)] = vectors
                 done += len(vectors)
                 self.extracted += len(vectors)

@@ -160,10 +160,10 @@ def train(
 
     seconds = training.Budget.parse(time_budget) if time_budget else None
     budget = training.Budget(seconds, started=ctx.meta.get(STARTED))
-    if resume is not None:
-        typer.echo(training.resume(resume, budget, data=options.get("data")).text())
-        return
     config = from_options(TrainConfig, options)
+    if resume is not None:
+        typer.echo(training.resume(resume, budget, data=options.get("data"), cluster=config.cluster).text())
+        return
     typer.echo(training.train(config, run_dir=str(run_dir) if run_dir else None, budget=budget).text())
 
 

@@ -24,6 +24,7 @@ from dogbreeds.settings import (
     STRATEGIES,
     Augmentation,
     BatchAugmentation,
+    Cluster,
     Features,
     HeadSettings,
     Loading,
@@ -39,6 +40,10 @@ IMAGE_SIZE_HELP = (
     "inception_resnet_v2 331, the competition's setting)."
 )
 TTA_HELP = "Average each image with its mirror."
+STRATEGY_HELP = (
+    "Devices that train or predict together. auto: a TPU if there is one, all GPUs if several, else one device; "
+    "mirrored: all devices (CPUs too), data-parallel; under JAX, several processes always are."
+)
 
 # A recipe is a set of defaults; any option given on the command line overrides its value.
 RECIPES: dict[str, dict] = {
@@ -140,7 +145,7 @@ class TrainConfig:
         choices=PRECISIONS,
     )
     strategy: str = option(
-        "auto", "tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",
+        "auto", STRATEGY_HELP,
         choices=STRATEGIES,
     )  # fmt: skip
     cache_images: str = option(
@@ -205,6 +210,7 @@ class TrainConfig:
     )
     augmentation: Augmentation = field(default_factory=Augmentation)
     batch_augmentation: BatchAugmentation = field(default_factory=BatchAugmentation)
+    cluster: Cluster = field(default_factory=Cluster)  # how this run was started; --resume takes it anew
     mode: str = "competition"  # what kind of run folder this config makes
     version: str = __version__
     run_format: int = RUN_FORMAT
@@ -214,6 +220,8 @@ class TrainConfig:
             self.augmentation = Augmentation(**self.augmentation)
         if isinstance(self.batch_augmentation, dict):
             self.batch_augmentation = BatchAugmentation(**self.batch_augmentation)
+        if isinstance(self.cluster, dict):
+            self.cluster = Cluster(**self.cluster)
         if self.recipe in RECIPES:
             self._fill_from_recipe()
         self.validate()
@@ -245,6 +253,11 @@ class TrainConfig:
                 (
                     self.method == "finetune" or self.accumulate == 1,
                     "--accumulate applies to --method finetune (a features head's batches of vectors fit any memory)",
+                ),
+                (
+                    not self.cluster.given or (self.method, self.folds, self.loader) == ("finetune", 1, "tfdata"),
+                    "several --processes train one fine-tuned model with the tfdata loader: drop --folds and "
+                    "--loader legacy, or use --method finetune (a features head trains in seconds on one machine)",
                 ),
                 (
                     n_weights in (1, len(self.backbones)),
@@ -385,10 +398,7 @@ class PredictOptions:
         True, "Apply the run's calibration.json (temperature and floor from `dogbreeds evaluate`), if it has one."
     )
     batch_size: int | None = option(None, "Images per prediction step. Default: the run's.", at_least=1)
-    strategy: str = option(
-        "auto", "tf.distribute strategy. auto: a TPU if there is one, all GPUs if several, else one device.",
-        choices=STRATEGIES,
-    )  # fmt: skip
+    strategy: str = option("auto", STRATEGY_HELP, choices=STRATEGIES)
     top: int = option(5, "How many breeds to show per image.", at_least=1)
     json: bool = option(False, "Print JSON instead of text (predict: one object per line; bench: the figures).")
     kaggle: str | None = option(

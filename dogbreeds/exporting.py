@@ -9,13 +9,21 @@ gives what `dogbreeds predict --no-tta --no-calibrate` gives.
 
 The export is written into a temporary folder beside the target, then renamed into place: an
 interrupted export leaves neither a half-written target nor the temporary folder.
+
+Every format goes through TensorFlow, which must be installed under either backend. Under JAX a
+SavedModel holds the network as one XLA call (jax2tf), which TensorFlow Serving runs but the
+TFLite converter cannot read: there `--format tflite` exports under the TensorFlow backend, in a
+process of its own (a run folder is the same under both backends).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +115,7 @@ def _savedmodel(model: keras.Model, folder: Path) -> None:
     archive.track(model)
     archive.add_endpoint(
         SIGNATURE,
-        tf.function(lambda images: {OUTPUT: model(images, training=False)}),
+        lambda images: {OUTPUT: model(images, training=False)},  # Keras compiles it for the backend (JAX: jax2tf)
         input_signature=[tf.TensorSpec(model.input_shape, tf.uint8, name=INPUT)],
     )
     archive.write_out(str(folder), verbose=False)
@@ -157,6 +165,19 @@ class ExportResult:
         )
 
 
+def _under_tensorflow(predictor: Predictor, target: Path, force: bool) -> ExportResult:
+    """The same export by `dogbreeds export` under the TensorFlow backend, in a process of its own."""
+    command = [sys.executable, "-m", "dogbreeds", "export", "--run", str(predictor.run.path), "--format", "tflite"]
+    command += ["--out", str(target), *(["--force"] if force else [])]
+    done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": "tensorflow"}, capture_output=True, text=True)
+    if done.returncode != 0:
+        said = (done.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("error: ")
+        raise DogbreedsError(f"the TFLite export under TensorFlow failed: {said}")
+    record = json.loads((target / RECORD).read_text())
+    folds = max(1, len(predictor.folds))
+    return ExportResult(target, "tflite", record["image_size"], len(predictor.classes), folds)
+
+
 def export(run: str | Path | None, format: str, out: str | Path | None = None, *, force: bool = False) -> ExportResult:
     """Write the run's serving model as `format` into the folder `out` (default: RUN/export-FORMAT)."""
     if format not in FORMATS:
@@ -164,6 +185,8 @@ def export(run: str | Path | None, format: str, out: str | Path | None = None, *
     predictor = Predictor.open(run, calibration=False)
     target = Path(out) if out is not None else predictor.run.path / f"export-{format}"
     claim_output(target, force=force, ours=lambda path: (path / RECORD).is_file(), what=EXPORT, folder=True)
+    if format == "tflite" and keras.backend.backend() == "jax":
+        return _under_tensorflow(predictor, target, force)
     with track(f"exporting {predictor.run.path} as {format}"):  # no steps to count: its start and its seconds
         model = serving_model(predictor)
         folder = temporary_sibling(target)

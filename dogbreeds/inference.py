@@ -14,13 +14,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 
 from dogbreeds.cache import FeatureCache, ensemble_features
 from dogbreeds.calibration import DEFAULT_FLOOR, Calibration, usage_note
 from dogbreeds.competition import Competition
 from dogbreeds.config import read_predict_settings
-from dogbreeds.distribute import user_facing_failures
+from dogbreeds.distribute import current, user_facing_failures
 from dogbreeds.errors import DogbreedsError, damaged
 from dogbreeds.files import probability_table
 from dogbreeds.metrics import clip, scores
@@ -31,17 +30,23 @@ from dogbreeds.runs import Run
 from dogbreeds.settings import Loading, PredictSettings
 
 
-def make_loader(loading: Loading, replicas: int = 1, classes: int = 0) -> Loader:
-    """The configured loader; its batches are global: --batch-size per replica, times the replicas.
-    Training batches get target distributions over `classes` when the batch augmentation makes them."""
+def make_loader(
+    loading: Loading, replicas: int = 1, classes: int = 0, whole_batches: bool = False, shard: tuple[int, int] = (0, 1)
+) -> Loader:
+    """The configured loader; its batches are global: --batch-size per replica, times the replicas
+    (across several processes, each loads its `shard` of the rows and its share of each batch).
+    Training batches get target distributions over `classes` when the batch augmentation makes them;
+    `whole_batches`: every batch full (distribute.static_shapes)."""
     return LOADERS[loading.loader](
         image_size=loading.image_size,
-        batch_size=loading.batch_size * replicas,
+        batch_size=loading.batch_size * replicas // shard[1],
         preprocess=get_backbone(loading.backbone).preprocess,
         augmentation=loading.augmentation,
         seed=loading.seed,
         cache=loading.cache_images,
         replicas=replicas,
+        whole_batches=whole_batches,
+        shard=shard,
         batch_augmentation=loading.batch_augmentation,
         classes=classes,
     )
@@ -148,7 +153,7 @@ class Predictor:
                         f"{vectors.shape[-1]}: another run's model",
                     )
                 return np.asarray(head.predict(vectors, batch_size=1024, verbose=0), dtype=np.float64)
-            strategy = strategy or tf.distribute.get_strategy()
+            strategy = strategy or current()
             with strategy.scope():
                 loader = make_loader(self.settings.loading, strategy.num_replicas_in_sync)
                 model = self.run.load_model(image_size=self.settings.loading.image_size)

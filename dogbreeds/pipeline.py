@@ -140,7 +140,9 @@ class Loader:
     augmentation: Augmentation = field(default_factory=Augmentation.none)
     seed: int = 42
     cache: str = "none"  # decoded, resized images kept for later epochs: none, memory or disk
-    replicas: int = 1  # under tf.distribute, batches are split among this many replicas
+    replicas: int = 1  # data-parallel: batches are split among this many replicas
+    whole_batches: bool = False  # every batch full: TPUs and several processes need static shapes
+    shard: tuple[int, int] = (0, 1)  # (this process, processes): each reads its own rows, i::N, in batches of its share
     batch_augmentation: BatchAugmentation = field(default_factory=BatchAugmentation)  # training batches only
     classes: int = 0  # the number of classes, for target distributions
 
@@ -209,11 +211,18 @@ class TFDataLoader(Loader):
         return prefix
 
     def _padded(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The frame with its last row repeated up to a multiple of the replicas, so that no
-        replica gets an empty share of the last batch (a CPU convolution fails on one); the
-        callers drop the extra predictions."""
-        extra = -len(frame) % self.replicas
+        """The frame with its last row repeated up to a multiple of the replicas (of the batch, for
+        `whole_batches`), so that every replica gets an equal share of the last batch (a CPU
+        convolution fails on an empty one; JAX splits a batch evenly); the callers drop the extra
+        predictions."""
+        extra = -len(frame) % (self.batch_size * self.shard[1] if self.whole_batches else self.replicas)
         return frame.iloc[list(range(len(frame))) + [len(frame) - 1] * extra] if extra else frame
+
+    def _share(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """This process's rows of a frame of a multiple of the processes (training: cut to one; the
+        others are padded to whole batches first): every process takes the same number of steps."""
+        index, processes = self.shard
+        return frame.iloc[: len(frame) - len(frame) % processes].iloc[index::processes] if processes > 1 else frame
 
     def _seeds(self) -> tf.data.Dataset:
         """Seeds for the warps: the same sequence for the same seed, a new one each epoch."""
@@ -251,8 +260,9 @@ class TFDataLoader(Loader):
 
     def training(self, frame: pd.DataFrame) -> tf.data.Dataset:
         # The same sequence of orders and warps for the same seed, different each epoch.
-        # A last batch too small to split among the replicas is left out (other images each epoch).
-        drop = 0 < len(frame) % self.batch_size < self.replicas
+        # A last batch that does not split evenly among the replicas is left out (other images each epoch).
+        frame = self._share(frame)
+        drop = self.whole_batches or len(frame) % self.batch_size % self.replicas != 0
         mix = self.batch_augmentation.enabled
         if self.cache == "none":
             ds = self._images(frame).shuffle(len(frame), seed=self.seed, reshuffle_each_iteration=True)
@@ -288,7 +298,7 @@ class TFDataLoader(Loader):
         return lambda image, seed: (warped(*decode_source(image[0], size), image[1], seed), image[2])
 
     def evaluation(self, frame: pd.DataFrame) -> tf.data.Dataset:
-        return self._finish(self._decoded(self._padded(frame)).batch(self.batch_size))
+        return self._finish(self._decoded(self._share(self._padded(frame))).batch(self.batch_size))
 
     def prediction(self, frame: pd.DataFrame, view: int = 0, first_batch: int = 0) -> tf.data.Dataset:
         """View 0: the images as they are; 1: mirrored; k >= 2: the k-th augmented view.

@@ -2,8 +2,9 @@
 
 A run's whole configuration (`config.TrainConfig`) is what the jobs and commands see; each stage
 under them takes only its part, frozen: the competition a `Split`, the loaders a `Loading`, the
-feature cache a `Features`, the heads a `HeadSettings`, and a trained run's `Predictor` a
-`PredictSettings`. `TrainConfig` makes each of them (`config.split`, `config.loading`, ...).
+feature cache a `Features`, the heads a `HeadSettings`, a trained run's `Predictor` a
+`PredictSettings`, and the processes that train together a `Cluster`. `TrainConfig` makes each
+of them (`config.split`, `config.loading`, ...).
 """
 
 from __future__ import annotations
@@ -141,3 +142,26 @@ class PredictSettings:
     loading: Loading
     features: Features | None  # a features run's vectors
     tta: bool = True  # its val_predictions.csv / oof.csv averaged each image with its mirror
+
+
+@dataclass
+class Cluster:
+    """Several processes training one model (JAX only), one per machine: given on the command
+    line each time (a resumed run may restart on other machines), or by the machine itself (a
+    Cloud TPU pod's VMs set what jax.distributed reads)."""
+
+    coordinator: str | None = option(
+        None, "JAX, several processes: process 0's HOST:PORT, where the others join it.", shown_default="none"
+    )
+    processes: int | None = option(
+        None, "JAX: how many processes train this model, one per machine (with --coordinator).", at_least=1,
+        shown_default="1, or what a TPU pod says",
+    )  # fmt: skip
+    process_id: int | None = option(
+        None, "JAX, several processes: this one's number, 0 to N-1; process 0 writes the run and prints.",
+        at_least=0, shown_default="none",
+    )  # fmt: skip
+
+    @property
+    def given(self) -> bool:
+        return self.processes is not None and self.processes > 1

@@ -10,9 +10,13 @@ model by validation loss across both and everything `--resume` needs after every
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
+import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,7 +27,18 @@ import tensorflow as tf
 from dogbreeds.cache import FeatureCache, HeadInputs, head_inputs, labelled_vectors
 from dogbreeds.competition import Competition, Data, labels_digest, locate_data, prepare_data
 from dogbreeds.config import TrainConfig
-from dogbreeds.distribute import describe, make_strategy, use_precision, user_facing_failures
+from dogbreeds.distribute import (
+    check_same_weights,
+    describe,
+    join,
+    machine,
+    make_strategy,
+    process_count,
+    process_index,
+    static_shapes,
+    use_precision,
+    user_facing_failures,
+)
 from dogbreeds.errors import DogbreedsError, Interrupted, log
 from dogbreeds.heads import fit_head
 from dogbreeds.hub import layer_decay_factors
@@ -35,6 +50,7 @@ from dogbreeds.models import build_backbone, build_classifier, get_backbone, set
 from dogbreeds.places import feature_cache
 from dogbreeds.report import plot_history
 from dogbreeds.runs import Run
+from dogbreeds.settings import Cluster
 from dogbreeds.tracking import Tracker, check_tracking, tracked
 
 
@@ -124,13 +140,13 @@ def _fit_competition(
     config: TrainConfig,
     data: Data,
     progress: Progress,
-    replicas: int = 1,
+    strategy,
     budget: Budget | None = None,
     tracker: Tracker | None = None,
 ) -> None:
-    classes = len(data.competition.classes)
+    classes, replicas = len(data.competition.classes), strategy.num_replicas_in_sync
     train, val = data.partition(config.fold)
-    loader = make_loader(config.loading, replicas, classes)
+    loader = make_loader(config.loading, replicas, classes, static_shapes(strategy), (process_index(), process_count()))
     phases = competition_phases(model, config, replicas, math.ceil(len(train) / loader.batch_size))
     train_data, val_data = loader.training(train), loader.evaluation(val)
     if config.batch_augmentation.soft_targets:  # the same loss scores plain labels as distributions
@@ -142,11 +158,10 @@ def _fit_competition(
     )  # fmt: skip
 
 
-def _finish(
-    run: Run, config: TrainConfig, data: Data, precision: str, strategy: tf.distribute.Strategy, budget: Budget
-) -> TrainResult:
+def _finish(run: Run, config: TrainConfig, data: Data, precision: str, strategy, budget: Budget) -> TrainResult:
     """The best model's held-out predictions, as submit makes them (--tta), and the figures they
-    give; metrics.json and the plot."""
+    give; metrics.json and the plot. Outside the strategy's scope: across several processes each
+    predicts alone (the best model loaded afresh onto its own devices)."""
     replicas = strategy.num_replicas_in_sync
     train, val = data.partition(config.fold)
     best, loader = run.load_model(image_size=config.image_size), make_loader(config.loading, replicas)
@@ -164,6 +179,7 @@ def _finish(
         "train_seconds": round(float(history["seconds"].sum()), 1),
         "precision": precision,
         "strategy": describe(strategy),
+        "processes": process_count(),
         "global_batch_size": config.batch_size * replicas,
         "images_per_update": config.batch_size * replicas * config.accumulate,
         "stopped_by_time_budget": budget.stopped,
@@ -221,8 +237,9 @@ def _check_backbone_options(config: TrainConfig) -> None:
 
 def check_accumulation(config: TrainConfig, replicas: int) -> None:
     """Keras' gradient accumulation all-reduces inside a conditional, which tf.distribute cannot
-    run with several replicas (keras-team/keras issue 20582): refused before training starts."""
-    if config.accumulate > 1 and replicas > 1:
+    run with several replicas (keras-team/keras issue 20582): refused before training starts. JAX
+    runs it (tests/test_jax.py trains so on two devices)."""
+    if config.accumulate > 1 and replicas > 1 and keras.backend.backend() == "tensorflow":
         raise DogbreedsError(
             f"--accumulate {config.accumulate} cannot run on {replicas} replicas under TensorFlow (Keras issue "
             "20582); several devices already multiply the batch: drop --accumulate, or train on one device"
@@ -244,8 +261,7 @@ def _train_one(
     if config.method == "features":
         return train_features(config, run_dir, data, inputs, again, parent)
     _check_backbone_options(config)
-    strategy = make_strategy(config.strategy)  # first: it may connect a TPU or split the CPU
-    check_accumulation(config, strategy.num_replicas_in_sync)
+    strategy = _devices(config, config.cluster, budget)
     data = data or prepare_data(config.data, config.split)
     keras.utils.set_random_seed(config.seed)
     precision = use_precision(config.precision)
@@ -258,7 +274,9 @@ def _train_one(
             hidden_units=config.hidden_units,
             pretrained=config.pretrained,
         )
-    run = Run.create(config.to_json(), data.competition.classes, run_dir, name=config.backbone, again=again)
+    run = Run.create(
+        config.to_json(), data.competition.classes, _own_folder(run_dir), name=config.backbone, again=again
+    )
     _save_skipped(run, data)
     _save_fold(run, config, data)
     train, val = data.partition(config.fold)
@@ -268,9 +286,39 @@ def _train_one(
         f"{describe(strategy)}) -> {run.path}"
     )
     failures = user_facing_failures(config.batch_size, _resume_hint(run))
-    with failures, run.lock(), strategy.scope(), tracked(run, config.track, parent) as tracker:
-        _fit_competition(model, run, config, data, Progress(), strategy.num_replicas_in_sync, budget, tracker)
-        return _finish(run, config, data, precision, strategy, budget)
+    with failures, run.lock(), tracked(run, config.track, parent) as tracker:
+        with strategy.scope():
+            _fit_competition(model, run, config, data, Progress(), strategy, budget, tracker)
+            check_same_weights(model)
+        with strategy.scope() if process_count() == 1 else nullcontext():
+            return _finish(run, config, data, precision, strategy, budget)
+
+
+def _devices(config: TrainConfig, cluster: Cluster, budget: Budget):
+    """The devices that train, once joined with the other processes, said on the run's first line;
+    first: it may connect a TPU, split the CPU or wait for the other processes."""
+    join(cluster)
+    strategy = make_strategy(config.strategy)
+    if process_count() > 1 and budget.deadline is not None:
+        raise DogbreedsError(
+            "--time-budget cannot stop several processes at the same epoch (each times its own): drop it, "
+            "and stop with Ctrl-C on every process, then --resume"
+        )
+    check_accumulation(config, strategy.num_replicas_in_sync)
+    log.info(machine(strategy))
+    return strategy
+
+
+def _own_folder(run_dir: str | Path | None) -> str | Path | None:
+    """Process 0 writes the run; each other process trains the same model into a folder of its
+    own, thrown away (it holds what that process saw: the same weights, its own timings)."""
+    return run_dir if process_index() == 0 else _scratch() / "run"
+
+
+def _scratch() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=f"dogbreeds-process-{process_index()}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _extracted(function, *args):
@@ -483,16 +531,27 @@ def _finish_folds(root: Run, config: TrainConfig, identity: dict, images: pd.Dat
     return FoldsResult(root, metrics)
 
 
-def resume(run_ref: str, budget: Budget | None = None, data: str | None = None) -> TrainResult:
+def resume(
+    run_ref: str, budget: Budget | None = None, data: str | None = None, cluster: Cluster | None = None
+) -> TrainResult:
     """Continue a stopped run from its last completed epoch, on the same split; a k-fold run
     keeps its finished folds, continues or trains the others, and merges them. `data`: where the
-    run's competition folder is now (another machine, a kernel's input), its labels unchanged."""
+    run's competition folder is now (another machine, a kernel's input), its labels unchanged;
+    `cluster`: the processes it goes on with now (not those it started with)."""
     run = Run.open(run_ref, need_model=False)
     if data is not None:
         _move_data(run, data)
     if run.folds > 1:
         return train_folds(TrainConfig.load(run.file(Run.config_file)), run.path, budget)
-    return _resume_one(run, budget or Budget())
+    return _resume_one(run, budget or Budget(), cluster=cluster)
+
+
+def _own_copy(run: Run, cluster: Cluster) -> Run:
+    """The run as process 0 resumes it; another process resumes a copy of its own (`_own_folder`)."""
+    join(cluster)
+    if process_index() == 0:
+        return run
+    return Run.open(shutil.copytree(run.path, _scratch() / run.path.name), need_model=False)
 
 
 def _move_data(run: Run, data: str) -> None:
@@ -514,8 +573,11 @@ def _move_data(run: Run, data: str) -> None:
                 member.write(Run.config_file, replace(config, data=str(competition.root.resolve())).to_json())
 
 
-def _resume_one(run: Run, budget: Budget, data: Data | None = None, parent: Tracker | None = None) -> TrainResult:
-    config = TrainConfig.load(run.file(Run.config_file))
+def _resume_one(
+    run: Run, budget: Budget, data: Data | None = None, parent: Tracker | None = None, cluster: Cluster | None = None
+) -> TrainResult:
+    cluster = cluster or Cluster()
+    config = replace(TrainConfig.load(run.file(Run.config_file)), cluster=cluster)
     check_tracking(config.track)
     if config.method == "features":
         raise DogbreedsError(
@@ -525,9 +587,9 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None, parent: Trac
     if not progress_path.is_file() or not run.file(Run.last_file).is_file():  # stopped in its first epoch
         log.info(f"run {run.path} saved no epoch to resume from: training it from the start")
         return _train_one(config, run.path, data, budget=budget, again=True, parent=parent)
+    run = _own_copy(run, cluster)
     progress = read_progress(run)
-    strategy = make_strategy(config.strategy)
-    check_accumulation(config, strategy.num_replicas_in_sync)
+    strategy = _devices(config, cluster, budget)
     data = data or prepare_data(config.data, config.split)
     if data.competition.classes != run.classes():
         raise DogbreedsError(f"the classes of {data.competition.root} differ from run {run.path}'s; resume on its data")
@@ -537,6 +599,9 @@ def _resume_one(run: Run, budget: Budget, data: Data | None = None, parent: Trac
         model = run.load_model(Run.last_file, image_size=config.image_size)
     log.info(f"resuming {run.path} after epoch {progress.epoch} ({progress.phase or 'start'}) on {describe(strategy)}")
     failures = user_facing_failures(config.batch_size, _resume_hint(run))
-    with failures, run.lock(), strategy.scope(), tracked(run, config.track, parent) as tracker:
-        _fit_competition(model, run, config, data, progress, strategy.num_replicas_in_sync, budget, tracker)
-        return _finish(run, config, data, precision, strategy, budget)
+    with failures, run.lock(), tracked(run, config.track, parent) as tracker:
+        with strategy.scope():
+            _fit_competition(model, run, config, data, progress, strategy, budget, tracker)
+            check_same_weights(model)
+        with strategy.scope() if process_count() == 1 else nullcontext():
+            return _finish(run, config, data, precision, strategy, budget)
