@@ -244,6 +244,7 @@ class TrainConfig:
     def validate(self) -> None:
         check_options(self)
         n_weights = len(self.weights.split(","))
+        last_process = (self.cluster.processes or 1) - 1
         require(
             [
                 (
@@ -253,6 +254,18 @@ class TrainConfig:
                 (
                     self.method == "finetune" or self.accumulate == 1,
                     "--accumulate applies to --method finetune (a features head's batches of vectors fit any memory)",
+                ),
+                (
+                    not self.cluster.given or self.cluster.coordinator,
+                    f"--processes {self.cluster.processes} needs --coordinator HOST:PORT (process 0's address)",
+                ),
+                (
+                    not self.cluster.given or self.cluster.process_id is not None,
+                    f"--processes {self.cluster.processes} needs --process-id (0 to {last_process})",
+                ),
+                (
+                    not self.cluster.given or (self.cluster.process_id or 0) < self.cluster.processes,
+                    f"--process-id must be 0 to {last_process}, got {self.cluster.process_id}",
                 ),
                 (
                     not self.cluster.given or (self.method, self.folds, self.loader) == ("finetune", 1, "tfdata"),
