@@ -54,11 +54,11 @@ def test_log_loss(backend: str, run: Path, data: Path) -> float:
     return float(re.search(r"log loss ([\d.]+)", text).group(1))
 
 
-def finetune(backend: str, data: Path, weights: Path, out: Path) -> dict:
-    run = out / f"{backend}-finetune"
+def finetune(backend: str, data: Path, weights: Path, out: Path, seed: int = 42) -> dict:
+    run = out / f"{backend}-finetune" if seed == 42 else out / f"{backend}-finetune-seed{seed}"
     common = ("--backbone", "mobilenet_v2", "--weights", weights, "--image-size", 96, "--batch-size", 32)
     _, seconds = dogbreeds(
-        backend, "train", "--data", data, *common, "--epochs", 1, "--fine-tune-epochs", 2, "--seed", 42,
+        backend, "train", "--data", data, *common, "--epochs", 1, "--fine-tune-epochs", 2, "--seed", seed,
         "--run-dir", run, "--no-tta",
     )  # fmt: skip
     history = pd.read_csv(run / "history.csv")
@@ -104,6 +104,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000, help="labelled images of the competition")
     parser.add_argument("--airbench-limit", type=int, default=10000, help="CIFAR training images for airbench")
     parser.add_argument("--steps", default="finetune,features,airbench")
+    parser.add_argument("--seeds", default="42", help="fine-tuning's seeds: the spread that says what noise is")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / f"comp-{args.train}"
@@ -117,7 +118,9 @@ def main() -> None:
         "features": lambda backend: features(backend, data, args.weights, args.out),
         "airbench": lambda backend: airbench(backend, args.source, args.out, args.airbench_limit),
     }
-    for step in args.steps.split(","):
+    for seed in [s for s in map(int, args.seeds.split(",")) if s != 42]:  # 42: the finetune step
+        steps[f"finetune-seed{seed}"] = lambda backend, seed=seed: finetune(backend, data, args.weights, args.out, seed)
+    for step in [*args.steps.split(","), *(s for s in steps if s.startswith("finetune-seed"))]:
         for backend in BACKENDS:  # one after the other, each step: the two backends see the same machine load
             key = f"{step}/{backend}"
             if key not in results:

@@ -260,3 +260,24 @@ def test_tensorflow_refuses_several_processes(competition, tmp_path):
     )  # fmt: skip
     assert result.returncode != 0 and "under the JAX backend only" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_tensorflow_on_a_tpu_vm_says_to_set_keras_backend_jax(required, monkeypatch):
+    """Kaggle's TPU image has tensorflow-cpu: its TPU resolver fails there, and the line says what to do."""
+    from dogbreeds import distribute
+
+    def no_tpu(**kwargs):
+        raise ValueError("Could not find a TPU")
+
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    monkeypatch.setattr(distribute, "tpu_machine", lambda: True)
+    monkeypatch.setattr(tf.distribute.cluster_resolver.TPUClusterResolver, "connect", no_tpu)
+    if required:
+        with pytest.raises(DogbreedsError, match="set KERAS_BACKEND=jax before running dogbreeds"):
+            distribute._tpu_resolver(required=True)
+        return
+    warned = []
+    monkeypatch.setattr(distribute.log, "warning", warned.append)
+    assert distribute._tpu_resolver(required=False) is None
+    assert warned == [distribute.JAX_ON_TPU] and "KERAS_BACKEND=jax" in warned[0]
