@@ -93,7 +93,7 @@ def airbench(backend: str, source: Path, out: Path, limit: int) -> dict:
         "--cache-dir", out / "cifar-cache", "--run-dir", run,
     )  # fmt: skip
     row = pd.read_csv(run / "results.csv").iloc[0]
-    return {k: (float(v) if isinstance(v, (int, float)) else v) for k, v in row.items()} | {"wall_s": round(seconds, 1)}
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()} | {"wall_s": round(seconds, 1)}
 
 
 def main() -> None:
