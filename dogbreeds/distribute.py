@@ -140,6 +140,12 @@ def process_count() -> int:
     return jax.process_count()
 
 
+DIFFERENT_PROCESSES = (
+    "the processes hold different weights; start every one with the same dogbreeds, data and options "
+    "(all but --process-id)"
+)
+
+
 def check_same_weights(model: keras.Model) -> None:
     """Across processes: every one ends with the same weights (their sums compared), or training
     fails with a line saying so, rather than a run that only process 0's half of the data made."""
@@ -152,10 +158,7 @@ def check_same_weights(model: keras.Model) -> None:
     try:
         multihost_utils.assert_equal(sums, "weights differ")
     except AssertionError:
-        raise DogbreedsError(
-            "the processes ended training with different weights; check that every one runs the same dogbreeds, "
-            "data and options"
-        ) from None
+        raise DogbreedsError(DIFFERENT_PROCESSES) from None
 
 
 @dataclass
@@ -180,8 +183,17 @@ class JaxDevices:
     def platform(self) -> str:
         return self.devices[0].platform
 
+    @contextmanager
     def scope(self):
-        return self.distribution.scope() if self.distribution else nullcontext()
+        """The distribution in effect; across processes JAX checks that each puts the same values on
+        the devices (the first weights): one started with other options or data fails in one line."""
+        try:
+            with self.distribution.scope() if self.distribution else nullcontext():
+                yield
+        except AssertionError as error:
+            if "is not the same on each process" not in str(error):
+                raise
+            raise DogbreedsError(DIFFERENT_PROCESSES) from None
 
 
 def static_shapes(strategy) -> bool:

@@ -318,6 +318,8 @@ def build_backbone(name: str, weights: str, image_size: int) -> keras.Model:
     except DogbreedsError:
         raise
     except Exception as error:  # Keras raises bare Exception/ValueError for both cases below
+        if source is None:  # no weights to blame
+            raise
         if source == "imagenet":
             raise DogbreedsError(
                 f"could not download the ImageNet weights of {name} ({type(error).__name__}: {error}); "

@@ -29,6 +29,7 @@ from dogbreeds.competition import Competition, Data, labels_digest, locate_data,
 from dogbreeds.config import TrainConfig
 from dogbreeds.distribute import (
     check_same_weights,
+    current,
     describe,
     join,
     machine,
@@ -351,6 +352,7 @@ def train_features(
     the head then trains in seconds, and submit finds the test vectors already cached.
     A fold of a k-fold run is handed its `inputs`, cut from one extraction of every image.
     """
+    log.info(machine(current()))  # the backbones run on one device
     data = data or prepare_data(config.data, config.split)
     train, val = data.partition(config.fold)
     features = config.features
