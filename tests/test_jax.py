@@ -63,6 +63,18 @@ step("features", "train", "--data", data, "--method", "features", *TINY, "--head
      "--cache-dir", out / "cache", "--run-dir", out / "features")
 step("airbench", "cifar", "--model", "airbench", "--data", cifar, "--epochs", 1, "--batch-size", 16,
      "--cache-dir", out / "cifar-cache", "--run-dir", out / "airbench")
+
+# Lookahead with a pull of 0: whatever the optimizer does, fit ends on the weights it started from
+# (under JAX the trainer holds the weights during an epoch; the callback must reach them).
+import keras, numpy as np
+from dogbreeds.cifar.airbench import Lookahead
+model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+start = [w.copy() for w in model.get_weights()]
+x = np.random.default_rng(0).normal(size=(12, 3)).astype("float32")
+model.fit(x, np.ones((12, 2)), batch_size=2, epochs=2, verbose=0, callbacks=[Lookahead(every=2, decay=lambda _: 1.0)])
+moved = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), start))
+said["lookahead"] = {"rc": 0, "out": str(moved), "err": ""}
 print(json.dumps(said))
 """
 
@@ -155,6 +167,7 @@ def test_folds_features_and_airbench_train_under_jax(journey):
     assert "out-of-fold log loss" in folds.out and (journey.out / "folds" / "oof.csv").is_file()
     features = passed(journey, "features")
     assert "head on 64 features" in features.out
+    assert float(passed(journey, "lookahead").out) < 1e-6  # Lookahead reaches the weights JAX trains
     passed(journey, "airbench")
     table = pd.read_csv(journey.out / "airbench" / "results.csv")
     assert table["model"].tolist() == ["airbench"] and table["test_accuracy"].between(0, 1).all()

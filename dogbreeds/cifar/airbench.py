@@ -118,12 +118,16 @@ class Lookahead(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         step = self.first_step + batch + 1
+        if step % self.every and batch + 1 != self.params["steps"]:
+            return
+        # Under JAX the trainer holds the weights between epochs; Keras' `Callback.model` puts them
+        # back into the variables, which are read and written below, and the trainer reads them back.
+        self.model  # noqa: B018
         if step % self.every == 0:
             rate = 1.0 - self.decay(step / self.total)
             self.slow = [s + rate * (w.value - s) for s, w in zip(self.slow, self.weights)]
-        if step % self.every == 0 or batch + 1 == self.params["steps"]:  # an epoch's end: before validation
-            for s, w in zip(self.slow, self.weights):
-                w.assign(s)
+        for s, w in zip(self.slow, self.weights):  # every `every` steps, and an epoch's end: before validation
+            w.assign(keras.ops.copy(s))  # a copy: JAX's train step takes over (donates) what the variable holds
 
 
 @keras.saving.register_keras_serializable("dogbreeds")
