@@ -20,6 +20,10 @@ head reads pooled vectors of frozen backbones, built again as the feature cache 
 (`cache.pooled_backbone`): the gradient goes through the head and each backbone. Each backbone of
 an ensemble and each fold of a k-fold run gives a map, scaled to a peak of 1; the run's map is
 their mean.
+
+The maths is keras.ops, the same under TensorFlow and JAX. The gradient at a map is the gradient
+by a zero delta added to it (`split`): JAX differentiates by a function's inputs, not by a tensor
+inside it. Taking that gradient is the one step each backend does its own way (`gradients`).
 """
 
 from __future__ import annotations

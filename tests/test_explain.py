@@ -126,7 +126,9 @@ def test_explain_under_jax_draws_the_pictures_tensorflow_draws(colour_run, tmp_p
     for name in ("a-gradcam.png", "b-gradcam.png"):
         assert (tmp_path / "jax" / name).read_bytes()[:8] == PNG
         drawn = [np.asarray(Image.open(tmp_path / b / name).convert("RGB"), dtype=int) for b in ("jax", "tf")]
-        assert drawn[0].shape == drawn[1].shape and np.abs(drawn[0] - drawn[1]).max() <= 2, name
+        assert drawn[0].shape == drawn[1].shape, name
+        shades = np.abs(drawn[0] - drawn[1]).max(axis=-1)  # a pixel on a colour's edge may round the other way
+        assert shades.max() <= 8 and (shades > 0).mean() < 1e-3, (name, shades.max(), (shades > 0).mean())
 
 
 @pytest.mark.parametrize(
