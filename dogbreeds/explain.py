@@ -20,6 +20,10 @@ head reads pooled vectors of frozen backbones, built again as the feature cache 
 (`cache.pooled_backbone`): the gradient goes through the head and each backbone. Each backbone of
 an ensemble and each fold of a k-fold run gives a map, scaled to a peak of 1; the run's map is
 their mean.
+
+The maths is keras.ops, the same under TensorFlow and JAX. The gradient at a map is the gradient
+by a zero delta added to it (`split`): JAX differentiates by a function's inputs, not by a tensor
+inside it. Taking that gradient is the one step each backend does its own way (`gradients`).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
+from keras import ops
 
 from dogbreeds.cache import backbone_specs, pooled_backbone, view_loader
 from dogbreeds.errors import DogbreedsError
@@ -85,35 +89,78 @@ def _logits(dense: keras.layers.Dense) -> keras.layers.Dense:
     return twin
 
 
-def split(model: keras.Model, path: list[keras.layers.Layer] = (), *, scores: bool = False) -> keras.Model:
+class Nudge(keras.layers.Layer):
+    """A map plus a delta of the shape the map has when run, which is not always the one Keras
+    works out (KerasHub's SigLIP counts a class token its tokens lack): the layers after the map
+    are built on Keras' shape, the delta fed on the real one."""
+
+    def __init__(self, **kwargs):
+        super().__init__(autocast=False, **kwargs)
+
+    def call(self, mapped, delta):
+        return ops.add(mapped, delta)
+
+    def compute_output_spec(self, mapped, delta):
+        return keras.KerasTensor(mapped.shape, mapped.dtype)
+
+
+def split(
+    model: keras.Model,
+    path: list[keras.layers.Layer] = (),
+    *,
+    scores: bool = False,
+    nudge: keras.KerasTensor | None = None,
+) -> keras.Model:
     """The model with more outputs: first the output of the layer at the end of `path` (reached
     through the nested models before it), then its own; with `scores`, its own output is the
-    breeds' logits. Its layers are the model's own: keras.models.clone_model runs its graph again."""
+    breeds' logits. Its layers are the model's own: keras.models.clone_model runs its graph again.
+
+    With a `nudge` (the map as it is run: `as_run`), one more input after the model's own, a
+    delta added to the map (the first output is then the map plus it). Fed zeros, it changes
+    nothing, and the gradient by it is the gradient at the map: JAX differentiates by inputs."""
+    inner = split(path[0], path[1:], nudge=nudge) if len(path) > 1 else None
+    graph, inputs, delta = model, None, None
+    if nudge is not None:
+        delta = keras.Input(batch_shape=nudge.shape, dtype=nudge.dtype, name="delta")
+        inputs = [keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name) for x in model.inputs] + [delta]
+        room = keras.Input(batch_shape=nudge.shape, dtype=nudge.dtype, name="delta")
+        graph = keras.Model([*model.inputs, room], model.output)  # the model's graph, with room for the delta
     tapped, swapped = [], []
 
     def call(layer, *args, **kwargs):
         if path and layer is path[0]:
-            if len(path) > 1:
-                inner, output = split(layer, path[1:])(*args, **kwargs)
+            if inner is None:
+                mapped = output = layer(*args, **kwargs)
+                if delta is not None:
+                    mapped = output = Nudge()(mapped, delta)
+            elif delta is not None:
+                mapped, output = inner([*keras.tree.flatten(args[0]), delta], *args[1:], **kwargs)
             else:
-                inner = output = layer(*args, **kwargs)
-            tapped.append(inner)
+                mapped, output = inner(*args, **kwargs)
+            tapped.append(mapped)
             return output
         if scores and layer.name == SCORES:
             swapped.append(layer)
             return _logits(layer)(*args, **kwargs)
         return layer(*args, **kwargs)
 
-    clone = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call)
+    clone = keras.models.clone_model(graph, inputs, clone_function=lambda layer: layer, call_function=call)
     if scores and not swapped:
         raise DogbreedsError(f"model {model.name} has no layer named {SCORES}: not a model dogbreeds trained")
     return keras.Model(clone.inputs, [*tapped, clone.output])
 
 
-def grid(tensor, prefix: int) -> tf.Tensor:
+def as_run(model: keras.Model, path: list[keras.layers.Layer]) -> keras.KerasTensor:
+    """The output of the layer at the end of `path` (`split`) as the model makes it of one image
+    of zeros: the shape (per image) and dtype the map has when run."""
+    mapped = split(model, path)([ops.zeros((1, *x.shape[1:]), x.dtype) for x in model.inputs])[0]
+    return keras.KerasTensor((None, *mapped.shape[1:]), keras.backend.standardize_dtype(mapped.dtype))
+
+
+def grid(tensor, prefix: int):
     """A map as (images, rows, columns, channels) in float32: a CNN's as it is, a transformer's
     patch tokens (those after its `prefix` class and register tokens) on their square grid."""
-    tensor = tf.cast(tensor, tf.float32)
+    tensor = ops.cast(tensor, "float32")
     if len(tensor.shape) == 4:
         return tensor
     patches = tensor[:, prefix:]
@@ -123,25 +170,32 @@ def grid(tensor, prefix: int) -> tf.Tensor:
             f"a map of {tensor.shape[1]} tokens is not a square grid of patches after {prefix} class and register "
             "tokens: explain cannot lay it out"
         )
-    return tf.reshape(patches, (-1, side, side, patches.shape[2]))
+    return ops.reshape(patches, (-1, side, side, patches.shape[2]))
+
+
+def _zeros(tensor: keras.KerasTensor, images: int):
+    return ops.zeros((images, *tensor.shape[1:]), tensor.dtype)
 
 
 def _reaches(tapped: keras.Model, prefix: int) -> bool:
     """Whether the tapped map's positions reach the output: the gradient of a random mix of the
     outputs on a random image is not zero everywhere on them."""
-    image = tf.random.stateless_normal((1, *tapped.inputs[0].shape[1:]), seed=(0, 0))
-    with tf.GradientTape() as tape:
-        tape.watch(image)
-        mapped, output = tapped([image], training=False)
-        score = tf.reduce_sum(output * tf.random.stateless_normal(tf.shape(output), seed=(1, 0)))
-    return bool(tf.reduce_any(grid(tape.gradient(score, mapped), prefix) != 0))
+    image, delta = tapped.inputs
+    inputs = [keras.random.normal((1, *image.shape[1:]), seed=0), _zeros(delta, 1)]
+
+    def mix(outputs):
+        output = ops.cast(outputs[1], "float32")
+        return ops.sum(output * keras.random.normal(ops.shape(output), seed=1))
+
+    _, (gradient,) = gradients(tapped, inputs, [1], mix)
+    return bool(ops.convert_to_numpy(ops.any(grid(gradient, prefix) != 0)))
 
 
 def at_map(model: keras.Model, prefix: int, *, scores: bool = False) -> tuple[keras.Model, str]:
-    """The model split at its map (`split`), and that layer's name: the last layer laid out like
-    the image whose positions reach the output."""
+    """The model split at its map and nudged there (`split`), and that layer's name: the last
+    layer laid out like the image whose positions reach the output."""
     for path in reversed(layouts(model)):
-        tapped = split(model, path, scores=scores)
+        tapped = split(model, path, scores=scores, nudge=as_run(model, path))
         if _reaches(tapped, prefix):
             return tapped, path[-1].name
     raise DogbreedsError(f"no layer of {model.name} lays the image out and reaches its output: nothing to map")
@@ -151,13 +205,14 @@ def _cam(mapped, gradient, prefix: int) -> np.ndarray:
     """Grad-CAM: the channels weighed by their mean gradient, summed, the positive part kept,
     scaled to a peak of 1 (zero everywhere where nothing is positive)."""
     mapped, gradient = grid(mapped, prefix), grid(gradient, prefix)
-    weights = tf.reduce_mean(gradient, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * mapped, axis=-1))
-    return tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=(1, 2), keepdims=True)).numpy()
+    weights = ops.mean(gradient, axis=(1, 2), keepdims=True)
+    cam = ops.relu(ops.sum(weights * mapped, axis=-1))
+    return ops.convert_to_numpy(ops.divide_no_nan(cam, ops.max(cam, axis=(1, 2), keepdims=True)))
 
 
 def _resized(maps: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    return tf.image.resize(maps[..., None], grid)[..., 0].numpy()  # bilinear; the same grid: unchanged
+    resized = ops.image.resize(maps[..., None], grid, interpolation="bilinear")  # the same grid: unchanged
+    return ops.convert_to_numpy(resized)[..., 0]
 
 
 def mean_map(maps: list[np.ndarray]) -> np.ndarray:
@@ -169,8 +224,9 @@ def mean_map(maps: list[np.ndarray]) -> np.ndarray:
 
 @dataclass
 class GradCam:
-    """One trained model split at its maps: images in (one input per backbone), each backbone's
-    map and the breeds' logits out; with the loaders that preprocess its images."""
+    """One trained model split at its maps: images in (one input per backbone), then a nudge per
+    map (`split`); each backbone's map and the breeds' logits out; with the loaders that
+    preprocess its images."""
 
     model: keras.Model
     prefixes: list[int]  # per map: its tokens before the patch grid
@@ -183,16 +239,19 @@ class GradCam:
         steps = -(-len(images) // BATCH)  # the legacy loader's batches never end
         batches = zip(*(islice(iter(loader.prediction(images)), steps) for loader in self.loaders))
         found, done = [], 0
+        deltas = self.model.inputs[len(self.loaders) :]
         for batch in batches:
-            inputs = [tf.convert_to_tensor(x, tf.float32) for x in batch]
-            wanted = tf.constant(breeds[done : done + len(inputs[0])], tf.int32)
-            done += len(inputs[0])
-            with tf.GradientTape() as tape:
-                tape.watch(inputs)
-                *maps, logits = self.model(inputs, training=False)
-                score = tf.reduce_sum(tf.gather(tf.cast(logits, tf.float32), wanted, batch_dims=1))
-            gradients = tape.gradient(score, maps)
-            found.append(mean_map([_cam(m, g, p) for m, g, p in zip(maps, gradients, self.prefixes)]))
+            count = len(batch[0])
+            wanted = ops.convert_to_tensor(breeds[done : done + count, None], "int32")
+            done += count
+            inputs = [ops.convert_to_tensor(np.asarray(x), "float32") for x in batch]
+
+            def score(outputs):
+                return ops.sum(ops.take_along_axis(ops.cast(outputs[-1], "float32"), wanted, axis=1))
+
+            nudged = range(len(inputs), len(inputs) + len(deltas))
+            outputs, at_maps = gradients(self.model, inputs + [_zeros(d, count) for d in deltas], nudged, score)
+            found.append(mean_map([_cam(m, g, p) for m, g, p in zip(outputs[:-1], at_maps, self.prefixes)]))
         return np.concatenate(found)
 
 
@@ -214,11 +273,12 @@ def grad_cam(member: Predictor, backbones: dict | None = None) -> GradCam:
             backbones[key] = at_map(pooled_backbone(spec), prefix_tokens(spec.backbone))
         parts.append(backbones[key])
     inputs = [keras.Input(tapped.inputs[0].shape[1:]) for tapped, _ in parts]
-    outputs = [tapped([x]) for (tapped, _), x in zip(parts, inputs)]  # each: map, pooled vector
+    deltas = [keras.Input(batch_shape=tapped.inputs[1].shape, dtype=tapped.inputs[1].dtype) for tapped, _ in parts]
+    outputs = [tapped([x, d]) for (tapped, _), x, d in zip(parts, inputs, deltas)]  # each: map, pooled vector
     vectors = [vector for _, vector in outputs]
     joined = keras.layers.Concatenate()(vectors) if len(vectors) > 1 else vectors[0]  # as ensemble_features
     (logits,) = split(member.run.load_model(), scores=True)([joined])
-    model = keras.Model(inputs, [*(mapped for mapped, _ in outputs), logits])
+    model = keras.Model([*inputs, *deltas], [*(mapped for mapped, _ in outputs), logits])
     prefixes = [prefix_tokens(spec.backbone) for spec in specs]
     layers = [f"{spec.backbone}'s {layer}" for spec, (_, layer) in zip(specs, parts)]
     return GradCam(model, prefixes, [view_loader(spec, BATCH) for spec in specs], layers)
@@ -356,3 +416,41 @@ def explain_images(
         plot_explanation(str(path), maps[i], pictures[i], title=title, caption=caption)
         explanations.append(shown)
     return ExplainResult(explanations, layers, calibrated.note)
+
+
+# backend-specific: moves to the backend module
+
+
+def gradients(model: keras.Model, inputs: list, by, score) -> tuple[list, list]:
+    """The model's outputs on `inputs` (not training) and the gradients of `score(outputs)`, a
+    scalar, by the inputs at the positions `by`: TensorFlow records its tape; JAX differentiates
+    the model as a function of its inputs and variables (`stateless_call`)."""
+    backend = keras.backend.backend()
+    by = list(by)
+    if backend == "jax":
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def scored(chosen):
+            given = list(inputs)
+            for i, x in zip(by, chosen):
+                given[i] = x
+            outputs, _ = model.stateless_call(trainable, non_trainable, given, training=False)
+            return score(outputs), outputs
+
+        found, outputs = jax.grad(scored, has_aux=True)([inputs[i] for i in by])
+        return outputs, found
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        watched = [inputs[i] for i in by]
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            outputs = model(inputs, training=False)
+            value = score(outputs)
+        return outputs, tape.gradient(value, watched)
+    raise DogbreedsError(
+        f"Grad-CAM runs under Keras' tensorflow and jax backends, not {backend}: set KERAS_BACKEND=tensorflow or jax"
+    )

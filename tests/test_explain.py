@@ -3,6 +3,7 @@ every backbone family, for fine-tuned, features and k-fold runs; the pictures an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -19,7 +20,7 @@ from dogbreeds.inference import Predictor, make_loader
 from dogbreeds.models import build_backbone, build_classifier
 from dogbreeds.settings import Loading
 
-from helpers import TINY, dogbreeds
+from helpers import TINY, console_script, dogbreeds
 
 PNG = b"\x89PNG\r\n\x1a\n"
 SIZE, CELL = 48, 8  # the runs' image size; the hand-made network's map has a cell per 8x8 pixels
@@ -105,6 +106,29 @@ def test_explain_writes_a_picture_per_photo_and_replaces_only_its_own(colour_run
     photo(tmp_path / "other" / "a.jpg", {RED: TOP_LEFT})
     twice = dogbreeds("explain", photos / "a.png", tmp_path / "other" / "a.jpg", "--run", colour_run, "--out", out)
     assert twice.returncode == 2 and "would both be drawn in" in twice.stderr
+
+
+@pytest.mark.jax
+def test_explain_under_jax_draws_the_pictures_tensorflow_draws(colour_run, tmp_path):
+    """Under KERAS_BACKEND=jax the gradient at the map is JAX's (explain.gradients), and so the
+    maps and the pictures are TensorFlow's, to a shade: the same run, photos and breed in both."""
+    if importlib.util.find_spec("jax") is None or keras.backend.backend() != "tensorflow":
+        pytest.skip("needs jax installed, and TensorFlow in this process to compare with")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    photo(photos / "a.png", {RED: TOP_LEFT, BLUE: BOTTOM_RIGHT})
+    photo(photos / "b.png", {BLUE: TOP_LEFT})
+    jax = console_script("explain", photos, "--run", colour_run, "--breed", "pug", "--out", tmp_path / "jax",
+                         env={"KERAS_BACKEND": "jax"})  # fmt: skip
+    assert jax.returncode == 0, jax.stderr
+    assert f"{tmp_path / 'jax' / 'a-gradcam.png'}: {photos / 'a.png'}, map of pug" in jax.stdout
+    explain_images([photos], colour_run, breed="pug", out=tmp_path / "tf")
+    for name in ("a-gradcam.png", "b-gradcam.png"):
+        assert (tmp_path / "jax" / name).read_bytes()[:8] == PNG
+        drawn = [np.asarray(Image.open(tmp_path / b / name).convert("RGB"), dtype=int) for b in ("jax", "tf")]
+        assert drawn[0].shape == drawn[1].shape, name
+        shades = np.abs(drawn[0] - drawn[1]).max(axis=-1)  # a pixel on a colour's edge may round the other way
+        assert shades.max() <= 8 and (shades > 0).mean() < 1e-3, (name, shades.max(), (shades > 0).mean())
 
 
 @pytest.mark.parametrize(
