@@ -383,3 +383,36 @@ def _out_of_memory(error: Exception) -> bool:
     return isinstance(error, tf.errors.ResourceExhaustedError) or (
         type(error).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and "RESOURCE_EXHAUSTED" in str(error)
     )
+
+
+def gradients(model: keras.Model, inputs: list, by, score) -> tuple[list, list]:
+    """The model's outputs on `inputs` (not training) and the gradients of `score(outputs)`, a
+    scalar, by the inputs at the positions `by`: TensorFlow records its tape; JAX differentiates
+    the model as a function of its inputs and variables (`stateless_call`)."""
+    backend = keras.backend.backend()
+    by = list(by)
+    if JAX:
+        import jax
+
+        trainable = [v.value for v in model.trainable_variables]
+        non_trainable = [v.value for v in model.non_trainable_variables]
+
+        def scored(chosen):
+            given = list(inputs)
+            for i, x in zip(by, chosen):
+                given[i] = x
+            outputs, _ = model.stateless_call(trainable, non_trainable, given, training=False)
+            return score(outputs), outputs
+
+        found, outputs = jax.grad(scored, has_aux=True)([inputs[i] for i in by])
+        return outputs, found
+    if backend == "tensorflow":
+        watched = [inputs[i] for i in by]
+        with tf.GradientTape() as tape:
+            tape.watch(watched)
+            outputs = model(inputs, training=False)
+            value = score(outputs)
+        return outputs, tape.gradient(value, watched)
+    raise DogbreedsError(
+        f"Grad-CAM runs under Keras' tensorflow and jax backends, not {backend}: set KERAS_BACKEND=tensorflow or jax"
+    )

@@ -23,7 +23,7 @@ their mean.
 
 The maths is keras.ops, the same under TensorFlow and JAX. The gradient at a map is the gradient
 by a zero delta added to it (`split`): JAX differentiates by a function's inputs, not by a tensor
-inside it. Taking that gradient is the one step each backend does its own way (`gradients`).
+inside it. Taking that gradient is the one step each backend does its own way (`distribute.gradients`).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import pandas as pd
 from keras import ops
 
 from dogbreeds.cache import backbone_specs, pooled_backbone, view_loader
+from dogbreeds.distribute import gradients
 from dogbreeds.errors import DogbreedsError
 from dogbreeds.files import claim_output, starts_with
 from dogbreeds.images import checked_images, image_paths
@@ -416,41 +417,3 @@ def explain_images(
         plot_explanation(str(path), maps[i], pictures[i], title=title, caption=caption)
         explanations.append(shown)
     return ExplainResult(explanations, layers, calibrated.note)
-
-
-# backend-specific: moves to the backend module
-
-
-def gradients(model: keras.Model, inputs: list, by, score) -> tuple[list, list]:
-    """The model's outputs on `inputs` (not training) and the gradients of `score(outputs)`, a
-    scalar, by the inputs at the positions `by`: TensorFlow records its tape; JAX differentiates
-    the model as a function of its inputs and variables (`stateless_call`)."""
-    backend = keras.backend.backend()
-    by = list(by)
-    if backend == "jax":
-        import jax
-
-        trainable = [v.value for v in model.trainable_variables]
-        non_trainable = [v.value for v in model.non_trainable_variables]
-
-        def scored(chosen):
-            given = list(inputs)
-            for i, x in zip(by, chosen):
-                given[i] = x
-            outputs, _ = model.stateless_call(trainable, non_trainable, given, training=False)
-            return score(outputs), outputs
-
-        found, outputs = jax.grad(scored, has_aux=True)([inputs[i] for i in by])
-        return outputs, found
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        watched = [inputs[i] for i in by]
-        with tf.GradientTape() as tape:
-            tape.watch(watched)
-            outputs = model(inputs, training=False)
-            value = score(outputs)
-        return outputs, tape.gradient(value, watched)
-    raise DogbreedsError(
-        f"Grad-CAM runs under Keras' tensorflow and jax backends, not {backend}: set KERAS_BACKEND=tensorflow or jax"
-    )

@@ -110,7 +110,7 @@ def test_explain_writes_a_picture_per_photo_and_replaces_only_its_own(colour_run
 
 @pytest.mark.jax
 def test_explain_under_jax_draws_the_pictures_tensorflow_draws(colour_run, tmp_path):
-    """Under KERAS_BACKEND=jax the gradient at the map is JAX's (explain.gradients), and so the
+    """Under KERAS_BACKEND=jax the gradient at the map is JAX's (distribute.gradients), and so the
     maps and the pictures are TensorFlow's, to a shade: the same run, photos and breed in both."""
     if importlib.util.find_spec("jax") is None or keras.backend.backend() != "tensorflow":
         pytest.skip("needs jax installed, and TensorFlow in this process to compare with")
